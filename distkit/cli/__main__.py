@@ -1,0 +1,5 @@
+import sys
+
+from distkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""distkit.idempotency (see docs/idempotency.md)."""

@@ -1,0 +1,1 @@
+"""distkit.idgen (see docs/idgen.md)."""

@@ -1,0 +1,1 @@
+"""distkit.locks (see docs/locks.md)."""

@@ -1,0 +1,1 @@
+"""distkit.messaging (see docs/messaging.md)."""

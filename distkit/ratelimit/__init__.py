@@ -1,0 +1,1 @@
+"""distkit.ratelimit (see docs/ratelimit.md)."""

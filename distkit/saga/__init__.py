@@ -1,0 +1,1 @@
+"""distkit.saga (see docs/saga.md)."""

@@ -1,0 +1,1 @@
+"""distkit.tracing (see docs/tracing.md)."""
