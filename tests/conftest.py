@@ -188,3 +188,67 @@ def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
                 fut.result(timeout=15)
             except Exception:  # best effort: a topic the test deleted itself
                 continue
+
+
+# --------------------------------------------------------------------------- private servers for fault tests
+
+
+class RedisServerProcess:
+    """A throwaway ``redis-server`` owned by one test, so fault tests (stop, restart) never touch the
+    shared servers. ``stop()`` / ``start()`` may be called repeatedly; the port stays the same."""
+
+    def __init__(self, workdir: Any) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.workdir = workdir
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import shutil
+        import socket
+        import subprocess
+        import time
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed (make test installs it)", pytrace=False)
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        pytest.fail(f"private redis-server on port {self.port} did not start", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Any, redis_url: str) -> Iterator[RedisServerProcess]:
+    """A private, started ``redis-server`` (see :class:`RedisServerProcess`); stopped after the test.
+
+    Depends on ``redis_url`` only so it follows the same skip/require rules as the shared Redis."""
+    server = RedisServerProcess(tmp_path)
+    server.start()
+    yield server
+    server.stop()
