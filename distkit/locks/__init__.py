@@ -1,1 +1,23 @@
-"""distkit.locks (see docs/locks.md)."""
+"""Redisson-style distributed locks on Redis (and Redis Cluster), sync and asyncio.
+
+* :meth:`Locks.lock` - reentrant exclusive lock with a watchdog-renewed (or fixed) lease and fencing tokens.
+* :meth:`Locks.fair_lock` - the same, granted in FIFO order; dead waiters lose their place.
+* :meth:`Locks.rw_lock` - many readers or one writer, downgrade allowed, upgrade refused, optional
+  writer preference.
+* :meth:`Locks.semaphore` - expirable permits.
+
+Waiters sleep on one shared pub/sub listener (no polling), the watchdog stops renewing when the owner thread
+or task dies, and every key carries a TTL. See docs/locks.md.
+
+>>> from distkit.locks import Locks                                   # doctest: +SKIP
+>>> locks = Locks(redis_client, namespace="app")                       # doctest: +SKIP
+>>> with locks.lock("order:42") as lock:                               # doctest: +SKIP
+...     db.update(order, fencing_token=lock.fencing_token)
+"""
+
+from distkit.locks.aio import AsyncLock, AsyncLocks, AsyncSemaphore
+from distkit.locks.base import ReadWriteLock
+from distkit.locks.lock import Lock, Locks
+from distkit.locks.semaphore import Semaphore
+
+__all__ = ["AsyncLock", "AsyncLocks", "AsyncSemaphore", "Lock", "Locks", "ReadWriteLock", "Semaphore"]

@@ -1,0 +1,132 @@
+"""Who owns a hold, and what this process believes it holds.
+
+An *owner* is a (``Locks`` instance, thread) or (``AsyncLocks`` instance, asyncio task) pair, written as
+``"<instance id>:<serial>"``. Serials are never reused, so a new thread cannot inherit a dead thread's lock
+(``threading.get_ident`` values are reused); the instance id changes in a forked child, so a child never
+passes for its parent.
+
+:class:`HoldTable` is the local mirror of the holds in Redis: count, fencing token, lease and whether the
+watchdog renews it. Lock views, the watchdog and ``release`` share it; it is guarded by one lock because the
+watchdog thread reads it while user threads change it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distkit.locks.specs import Spec
+
+_serials = itertools.count(1)
+_thread_serial = threading.local()
+_task_serials: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = weakref.WeakKeyDictionary()
+
+
+def thread_serial() -> int:
+    """This thread's serial (assigned on first use, never reused)."""
+    try:
+        return _thread_serial.value  # type: ignore[no-any-return]
+    except AttributeError:
+        _thread_serial.value = serial = next(_serials)
+        return serial
+
+
+def thread_alive() -> Callable[[], bool]:
+    """``is_alive`` of the current thread: the watchdog stops renewing once it turns False."""
+    return threading.current_thread().is_alive
+
+
+def current_task() -> asyncio.Task[Any]:
+    task = asyncio.current_task()
+    if task is None:
+        from distkit.errors import LockError
+
+        raise LockError("AsyncLocks must be used from inside an asyncio task (the task is the lock owner)")
+    return task
+
+
+def task_serial() -> int:
+    """The current asyncio task's serial (assigned on first use, never reused)."""
+    task = current_task()
+    serial = _task_serials.get(task)
+    if serial is None:
+        _task_serials[task] = serial = next(_serials)
+    return serial
+
+
+def task_alive() -> Callable[[], bool]:
+    task = current_task()
+    return lambda: not task.done()
+
+
+@dataclass(eq=False, slots=True)
+class Hold:
+    """One hold this process has in Redis (a reentrant hold counts once, with ``count`` > 1)."""
+
+    spec: Spec
+    holder: str
+    alive: Callable[[], bool]
+    token: bytes  # as Redis returned it (the fencing token's digits)
+    count: int
+    lease_ms: int
+    watchdog: bool
+    valid_until: float  # time.monotonic(): the lease certainly runs at least until then
+    next_renewal: float
+    view: Any = None  # the lock view whose ``on_lost`` is called
+    lost: bool = False
+    releasing: bool = False
+
+    def leased(self, sent_at: float, lease_ms: int) -> None:
+        """A call sent at ``sent_at`` (re)started the lease: it lasts at least until ``sent_at + lease``."""
+        lease_s = lease_ms / 1000
+        # 0.1 % + 1 ms of slack for clock-rate differences between this host and Redis
+        self.valid_until = max(self.valid_until, sent_at + lease_s * 0.999 - 0.001)
+        self.next_renewal = sent_at + lease_s / 3
+
+
+@dataclass(eq=False)
+class HoldTable:
+    """The holds of one ``Locks`` instance, by (spec key, holder)."""
+
+    _holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, key: str, holder: str) -> Hold | None:
+        return self._holds.get((key, holder))
+
+    def add(self, hold: Hold) -> None:
+        with self._lock:
+            self._holds[(hold.spec.hold_key, hold.holder)] = hold
+
+    def remove(self, hold: Hold) -> None:
+        with self._lock:
+            if self._holds.get((hold.spec.hold_key, hold.holder)) is hold:
+                del self._holds[(hold.spec.hold_key, hold.holder)]
+
+    def contains(self, hold: Hold) -> bool:
+        return self._holds.get((hold.spec.hold_key, hold.holder)) is hold
+
+    def snapshot(self) -> list[Hold]:
+        with self._lock:
+            return list(self._holds.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._holds.clear()
+
+    def __len__(self) -> int:
+        return len(self._holds)
+
+    def __iter__(self) -> Iterator[Hold]:
+        return iter(self.snapshot())
+
+
+def now() -> float:
+    return time.monotonic()

@@ -1,0 +1,24 @@
+-- Release one hold of a read-write lock side or a semaphore permit; on the last one wake waiters.
+--
+-- KEYS[1] hash   KEYS[2] holds (zset)   KEYS[3] wake-up channel
+-- ARGV[1] mode r | w | s   ARGV[2] holder   ARGV[3] fencing token ('' = any)   ARGV[4] count the caller believes
+--
+-- Reply 1 freed | 0 count decremented | 2 already done by an earlier call (a retry) | -1 not held
+-- | -2 the caller's count disagrees with Redis.
+local hash, holds = KEYS[1], KEYS[2]
+local me = ARGV[1] .. ':' .. ARGV[2]
+local cur = redis.call('HMGET', hash, me, 't|' .. me)
+if not cur[1] or (ARGV[3] ~= '' and cur[2] ~= ARGV[3]) then return -1 end
+local count, expected = tonumber(cur[1]), tonumber(ARGV[4])
+if count == expected - 1 then return 2 end
+if count ~= expected then return -2 end
+if count > 1 then
+  redis.call('HINCRBY', hash, me, -1)
+  return 0
+end
+redis.call('HDEL', hash, me, 't|' .. me)
+redis.call('ZREM', holds, me)
+if ARGV[1] == 'w' then redis.call('HDEL', hash, 'writer') end
+if redis.call('ZCARD', holds) == 0 then redis.call('DEL', hash, holds) end
+redis.call('PUBLISH', KEYS[3], '')
+return 1

@@ -1,0 +1,110 @@
+"""Sans-I/O plumbing shared by the sync and asyncio lock classes.
+
+Every lock operation (acquire, release, state queries) is written once, as a generator that *yields* the
+I/O it needs (:class:`Call` a script, :class:`Subscribe` to a wake-up channel, :class:`Wait` for a wake-up,
+...) and receives the result. :func:`drive` runs such a flow with blocking I/O, :func:`adrive` with
+``await``; exceptions raised by the I/O are thrown back into the flow, so its cleanup (leave a fair queue,
+unsubscribe) is written once too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from distkit._redis import Script
+
+T = TypeVar("T")
+
+
+class Signal(Protocol):
+    """What a waiter blocks on: ``threading.Event`` or ``asyncio.Event``."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class Waiter:
+    """One blocked acquire: woken when a message on ``channel`` carries ``""`` or its own ``holder`` id."""
+
+    channel: str
+    holder: str
+    signal: Signal
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Run a Lua script; the flow receives its reply."""
+
+    script: Script
+    keys: Sequence[str | bytes]
+    args: Sequence[str | bytes | int]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Run one plain (read-only) Redis command; the flow receives its reply."""
+
+    args: tuple[str | bytes | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Join the wake-up channel (one shared listener per ``Locks``); the flow receives a :class:`Waiter`."""
+
+    channel: str
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Block until the waiter is signalled or ``seconds`` pass (the bounded re-check)."""
+
+    waiter: Waiter
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Leave the wake-up channel; never raises."""
+
+    waiter: Waiter
+
+
+Op = Call | Command | Subscribe | Wait | Unsubscribe
+Flow = Generator[Op, Any, T]
+
+
+def drive(flow: Flow[T], execute: Callable[[Op], Any]) -> T:
+    """Run ``flow`` to completion with a blocking ``execute``."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            value = execute(op)
+        except BaseException as exc:  # handed to the flow, which cleans up and re-raises
+            error = exc
+
+
+async def adrive(flow: Flow[T], execute: Callable[[Op], Awaitable[Any]]) -> T:
+    """Run ``flow`` to completion with an awaitable ``execute`` (cancellation is thrown into the flow)."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            op = flow.send(value) if error is None else flow.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            value = await execute(op)
+        except BaseException as exc:  # CancelledError included: the flow leaves nothing behind, then re-raises
+            error = exc

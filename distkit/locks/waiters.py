@@ -1,0 +1,356 @@
+"""One pub/sub listener per ``Locks``, shared by every blocked acquire (the "hub").
+
+A release publishes on the lock's channel; the hub wakes the waiters of that channel (all of them, or only
+the fair queue's head when the message names it). A channel is subscribed while at least one local waiter
+needs it and unsubscribed when the last one leaves, so a waiter that times out or is cancelled leaves no
+subscription behind. The listener thread / task exits after ``linger_s`` without waiters and comes back on
+demand.
+
+A waiter re-checks the lock right after its subscription is confirmed (a release may have come before it)
+and then at least once per lease (the script's hint), so a missed message costs at most a lease.
+
+The pub/sub connection is driven with raw SUBSCRIBE / UNSUBSCRIBE and replies are read raw, so redis-py's
+own subscription bookkeeping (not thread-safe against a concurrent reader) is never involved; after a
+connection error the hub resubscribes every channel itself and wakes every waiter to re-check.
+:class:`SubscriptionBook` holds that bookkeeping and every decision; :class:`Hub` (thread) and
+:class:`AsyncHub` (task) do the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from distkit.locks.ops import Signal, Waiter
+
+log = logging.getLogger("distkit.locks")
+
+ACK_TIMEOUT_S = 2.0  # how long a waiter waits for its SUBSCRIBE to be confirmed before re-checking anyway
+POLL_S = 0.25  # listener read timeout: how often it looks at stop / idle
+IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _Channel:
+    __slots__ = ("confirmed", "waiters")
+
+    def __init__(self, confirmed: Signal) -> None:
+        self.waiters: list[Waiter] = []
+        self.confirmed = confirmed
+
+
+class SubscriptionBook:
+    """Which channels are subscribed for which waiters, and which SUBSCRIBE confirmations are pending.
+
+    Not thread-safe by itself: the hub calls it under its lock. No I/O: it says what to send.
+    """
+
+    def __init__(self) -> None:
+        self.channels: dict[str, _Channel] = {}
+        self._acks: deque[_Channel] = deque()  # in the order the SUBSCRIBEs went out
+        self.idle_since = time.monotonic()
+
+    @property
+    def idle(self) -> bool:
+        return not self.channels
+
+    def join(self, waiter: Waiter, new_signal: Callable[[], Signal]) -> tuple[Signal, bool]:
+        """Register a waiter: (the confirmation to wait for, whether SUBSCRIBE must be sent)."""
+        state = self.channels.get(waiter.channel)
+        new = state is None
+        if state is None:
+            state = self.channels[waiter.channel] = _Channel(new_signal())
+            self._acks.append(state)
+        state.waiters.append(waiter)
+        return state.confirmed, new
+
+    def leave(self, waiter: Waiter) -> bool:
+        """Unregister a waiter; True when its channel has no waiters left (send UNSUBSCRIBE)."""
+        state = self.channels.get(waiter.channel)
+        if state is None or waiter not in state.waiters:
+            return False
+        state.waiters.remove(waiter)
+        if state.waiters:
+            return False
+        del self.channels[waiter.channel]
+        state.confirmed.set()
+        if not self.channels:
+            self.idle_since = time.monotonic()
+        return True
+
+    def dispatch(self, reply: Any) -> None:
+        """Handle one raw pub/sub reply: wake waiters on a message, confirm a subscription."""
+        if not isinstance(reply, list | tuple) or len(reply) < 3:
+            return
+        kind = _text(reply[0])
+        if kind == "message":
+            state = self.channels.get(_text(reply[1]))
+            if state is not None:
+                payload = _text(reply[2])
+                for waiter in state.waiters:
+                    if not payload or payload == waiter.holder:
+                        waiter.signal.set()
+        elif kind == "subscribe" and self._acks:
+            state = self._acks.popleft()
+            state.confirmed.set()
+
+    def confirm_all(self) -> None:
+        """Stop anyone waiting for a confirmation (the connection failed: re-check on the bounded wait)."""
+        while self._acks:
+            self._acks.popleft().confirmed.set()
+
+    def reset(self) -> list[str]:
+        """After a reconnect: wake every waiter (messages may have been missed) and return the channels to
+        subscribe again."""
+        self.confirm_all()
+        for state in self.channels.values():
+            for waiter in state.waiters:
+                waiter.signal.set()
+        return list(self.channels)
+
+
+class _HubBase:
+    """State shared by both hubs (no I/O)."""
+
+    def __init__(self, client: Any, name: str, linger_s: float) -> None:
+        self.client = client
+        self.name = name
+        self.linger_s = linger_s
+        self.book = SubscriptionBook()
+        self._pubsub: Any = None
+        self._saved_retry: Any = None
+        self._broken = False
+        self._stopped = False
+
+    @property
+    def subscribed_channels(self) -> set[str]:
+        return set(self.book.channels)
+
+    def _should_exit(self) -> bool:
+        return self._stopped or (self.book.idle and time.monotonic() - self.book.idle_since >= self.linger_s)
+
+    def _failed(self, exc: BaseException) -> None:
+        log.warning("lock wake-up channel: %s; resubscribing", exc)
+        self._broken = True
+        self.book.confirm_all()
+
+    def _adopt(self, pubsub: Any, no_retry: Any) -> None:
+        """Take over a fresh pub/sub connection: errors must surface to the hub, which resubscribes (redis-py
+        would silently reconnect without our raw subscriptions)."""
+        self._pubsub = pubsub
+        conn = pubsub.connection
+        self._saved_retry = conn.retry
+        conn.retry = no_retry
+
+    def _detach(self) -> Any:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None and pubsub.connection is not None and self._saved_retry is not None:
+            pubsub.connection.retry = self._saved_retry
+        return pubsub
+
+
+class Hub(_HubBase):
+    """The threaded hub of :class:`~distkit.locks.Locks`."""
+
+    def __init__(self, client: Any, name: str, linger_s: float = 2.0) -> None:
+        super().__init__(client, name, linger_s)
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def subscribe(self, channel: str, holder: str) -> Waiter:
+        waiter = Waiter(channel, holder, threading.Event())
+        with self._lock:
+            confirmed, new = self.book.join(waiter, threading.Event)
+            if new:
+                self._send("SUBSCRIBE", channel)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        confirmed.wait(ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+        return waiter
+
+    def unsubscribe(self, waiter: Waiter) -> None:
+        with self._lock:
+            if self.book.leave(waiter) and not self._broken:
+                self._send("UNSUBSCRIBE", waiter.channel)
+
+    def wait(self, waiter: Waiter, seconds: float) -> None:
+        waiter.signal.wait(seconds)  # type: ignore[attr-defined]
+
+    def _send(self, *args: str) -> None:
+        try:
+            if self._pubsub is None:
+                from redis.backoff import NoBackoff
+                from redis.retry import Retry
+
+                pubsub = self.client.pubsub()
+                pubsub.execute_command(*args)
+                self._adopt(pubsub, Retry(NoBackoff(), 0))
+            elif not self._broken:
+                self._pubsub.execute_command(*args)
+        except IO_ERRORS as exc:
+            self._failed(exc)
+
+    def _recover(self) -> None:
+        """Under the lock: a new connection with every channel subscribed again."""
+        self._close_pubsub()
+        channels = self.book.reset()
+        self._broken = False
+        if channels:
+            self._send("SUBSCRIBE", *channels)
+
+    def _close_pubsub(self) -> None:
+        pubsub = self._detach()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.reset()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            with self._lock:
+                if self._should_exit():
+                    self._close_pubsub()
+                    self._thread = None
+                    return
+                if self._broken:
+                    self._recover()
+                pubsub = self._pubsub
+            try:
+                reply = pubsub.parse_response(block=False, timeout=POLL_S) if pubsub is not None else None
+            except (*IO_ERRORS, RuntimeError) as exc:
+                with self._lock:
+                    self._failed(exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            if pubsub is None:
+                time.sleep(POLL_S)
+            elif reply is not None:
+                with self._lock:
+                    self.book.dispatch(reply)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=POLL_S * 4 + 1)
+        with self._lock:
+            self._close_pubsub()
+            self._thread = None
+
+
+class AsyncHub(_HubBase):
+    """The asyncio hub of :class:`~distkit.locks.AsyncLocks`: a listener task in the loop that first waited."""
+
+    def __init__(self, client: Any, name: str, linger_s: float = 2.0) -> None:
+        super().__init__(client, name, linger_s)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def subscribe(self, channel: str, holder: str) -> Waiter:
+        waiter = Waiter(channel, holder, asyncio.Event())
+        async with self._lock:
+            confirmed, new = self.book.join(waiter, asyncio.Event)
+            if new:
+                await self._send("SUBSCRIBE", channel)
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(confirmed.wait(), ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+        return waiter
+
+    async def unsubscribe(self, waiter: Waiter) -> None:
+        async with self._lock:
+            if self.book.leave(waiter) and not self._broken:
+                await self._send("UNSUBSCRIBE", waiter.channel)
+
+    async def wait(self, waiter: Waiter, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(waiter.signal.wait(), seconds)  # type: ignore[attr-defined]
+
+    async def _send(self, *args: str) -> None:
+        try:
+            if self._pubsub is None:
+                from redis.asyncio.retry import Retry
+                from redis.backoff import NoBackoff
+
+                pubsub = self.client.pubsub()
+                await pubsub.execute_command(*args)
+                self._adopt(pubsub, Retry(NoBackoff(), 0))
+            elif not self._broken:
+                await self._pubsub.execute_command(*args)
+        except IO_ERRORS as exc:
+            self._failed(exc)
+
+    async def _recover(self) -> None:
+        await self._close_pubsub()
+        channels = self.book.reset()
+        self._broken = False
+        if channels:
+            await self._send("SUBSCRIBE", *channels)
+
+    async def _close_pubsub(self) -> None:
+        pubsub = self._detach()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        try:
+            while True:
+                async with self._lock:
+                    if self._should_exit():
+                        await self._close_pubsub()
+                        return
+                    if self._broken:
+                        await self._recover()
+                    pubsub = self._pubsub
+                try:
+                    reply = await pubsub.parse_response(block=False, timeout=POLL_S) if pubsub is not None else None
+                except (*IO_ERRORS, RuntimeError) as exc:
+                    async with self._lock:
+                        self._failed(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                backoff = 0.05
+                if pubsub is None:
+                    await asyncio.sleep(POLL_S)
+                elif reply is not None:
+                    self.book.dispatch(reply)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    async def close(self) -> None:
+        self._stopped = True
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, POLL_S * 4 + 1)
+        await self._close_pubsub()
+        self._task = None
