@@ -97,6 +97,7 @@ class HoldTable:
 
     _holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _adds: int = 0
 
     def get(self, key: str, holder: str) -> Hold | None:
         return self._holds.get((key, holder))
@@ -104,6 +105,17 @@ class HoldTable:
     def add(self, hold: Hold) -> None:
         with self._lock:
             self._holds[(hold.spec.hold_key, hold.holder)] = hold
+            self._adds += 1
+            if self._adds % 256 == 0:
+                self._forget_abandoned()
+
+    def _forget_abandoned(self) -> None:
+        """Drop holds whose owner died without releasing and whose lease has run out (Redis forgot them too),
+        so a program whose threads crash while holding leased locks does not grow this table forever."""
+        now = time.monotonic()
+        for k, h in list(self._holds.items()):
+            if now > h.valid_until and not h.alive():
+                del self._holds[k]
 
     def remove(self, hold: Hold) -> None:
         with self._lock:

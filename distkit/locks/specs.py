@@ -166,10 +166,10 @@ class SharedSpec(Spec):
         return Call(LEAVE, (key(self.namespace, self.name, "none"), self.keys[2], self.keys[3]), (holder,))
 
     def state(self, holder: str) -> Flow[tuple[bool, bool]]:
-        live, mine = (yield Call(SHARED_STATE, self.keys[1:2], (self.kind, holder)))
+        live, mine = yield Call(SHARED_STATE, self.keys[1:2], (self.kind, holder))
         return int(live) > 0, bool(int(mine))
 
     def live_holds(self) -> Flow[int]:
         """How many live holds of this kind there are (permits in use, readers)."""
-        live, _ = (yield Call(SHARED_STATE, self.keys[1:2], (self.kind, "")))
+        live, _ = yield Call(SHARED_STATE, self.keys[1:2], (self.kind, ""))
         return int(live)

@@ -92,3 +92,10 @@ def wait_for_victim(kind: str, url: str | None, namespace: str, ready: Any, out:
         calls = client.calls
         out.put((ok, acquired_at, calls, os.getpid()))
         lock.release()
+
+
+def queue_on_fair_lock(kind: str, namespace: str, waiter_ttl_ms: int) -> None:
+    """Wait (in the fair queue) for a lock someone else holds, until killed."""
+    client = make_client(kind)
+    locks = Locks(client, namespace=namespace, waiter_ttl_ms=waiter_ttl_ms)
+    locks.fair_lock("fifo").acquire(timeout=60)

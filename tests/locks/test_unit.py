@@ -1,0 +1,264 @@
+"""Pure decisions (no I/O) of distkit.locks, plus Hypothesis invariants (one against real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distkit.errors import LockError, LockLostError
+from distkit.locks import Locks, flows
+from distkit.locks.holds import Hold, HoldTable
+from distkit.locks.ops import Call, Subscribe, Unsubscribe, Wait, Waiter, adrive, drive
+from distkit.locks.specs import (
+    ALREADY_DONE,
+    DECREMENTED,
+    FREED,
+    LEAVE,
+    LOCK_ACQUIRE,
+    LOCK_RELEASE,
+    NOT_HELD,
+    ExclusiveSpec,
+)
+from distkit.locks.waiters import SubscriptionBook
+from distkit.locks.watchdog import RenewalPlanner
+
+SPEC = ExclusiveSpec("ns", "name")
+FAIR = ExclusiveSpec("ns", "fair", waiter_ttl_ms=3_000)
+
+
+def make_hold(count: int = 1, valid_for: float = 10.0, alive: bool = True, watchdog: bool = True) -> Hold:
+    now = time.monotonic()
+    return Hold(SPEC, "me", lambda: alive, b"17", count, 3_000, watchdog, now + valid_for, now, None)
+
+
+# ------------------------------------------------------------------ waiting
+
+
+def test_wait_seconds_uses_the_hint_caps_and_deadline() -> None:
+    assert flows.wait_seconds(99, float("inf"), 30.0, None) == pytest.approx(0.1)
+    assert flows.wait_seconds(-1, float("inf"), 30.0, None) == 30.0  # no TTL reported: one lease
+    assert flows.wait_seconds(5_000, 1.0, 30.0, None) == 1.0  # a queue place must be refreshed
+    assert flows.wait_seconds(5_000, 9.0, 30.0, time.monotonic() + 0.2) <= 0.2  # type: ignore[operator]
+    assert flows.wait_seconds(5_000, 9.0, 30.0, time.monotonic() - 0.01) is None
+    assert flows.wait_seconds(0, 9.0, 30.0, None) == 0.001
+
+
+# ------------------------------------------------------------------ release decisions
+
+
+@pytest.mark.parametrize("reply", [FREED, ALREADY_DONE])
+def test_release_of_last_hold_forgets_it(reply: int) -> None:
+    table, hold = HoldTable(), make_hold()
+    table.add(hold)
+    flows.settle_release(table, hold, reply, time.monotonic())
+    assert len(table) == 0
+
+
+def test_release_of_reentrant_hold_decrements() -> None:
+    table, hold = HoldTable(), make_hold(count=3)
+    table.add(hold)
+    flows.settle_release(table, hold, DECREMENTED, time.monotonic())
+    assert hold.count == 2 and len(table) == 1
+
+
+def test_not_held_while_lease_valid_is_a_retried_release_that_got_through() -> None:
+    table, hold = HoldTable(), make_hold()
+    table.add(hold)
+    flows.settle_release(table, hold, NOT_HELD, time.monotonic())
+    assert len(table) == 0
+
+
+@pytest.mark.parametrize(
+    ("count", "valid_for", "lost"),
+    [(1, -1.0, False), (1, 10.0, True), (2, 10.0, False)],
+    ids=["expired", "lost", "reentrant"],
+)
+def test_not_held_otherwise_is_a_lost_lock(count: int, valid_for: float, lost: bool) -> None:
+    table, hold = HoldTable(), make_hold(count=count, valid_for=valid_for)
+    hold.lost = lost
+    table.add(hold)
+    with pytest.raises(LockLostError, match="no longer held"):
+        flows.settle_release(table, hold, NOT_HELD, time.monotonic())
+    assert hold.count == count - 1 and hold.lost
+    assert (len(table) == 0) == (count == 1)
+
+
+def test_count_mismatch_is_reported() -> None:
+    table, hold = HoldTable(), make_hold()
+    table.add(hold)
+    with pytest.raises(LockError, match="disagrees"):
+        flows.settle_release(table, hold, -2, time.monotonic())
+
+
+# ------------------------------------------------------------------ flows under failure
+
+
+def _ctx() -> flows.Context:
+    return flows.Context(HoldTable(), 3_000, lambda h: None, lambda: lambda: True)
+
+
+def _scripted(replies: list[Any], fail_on: type, error: BaseException) -> tuple[list[Any], Any]:
+    seen: list[Any] = []
+    waiter = Waiter("ch", "me", threading.Event())
+
+    def execute(op: Any) -> Any:
+        seen.append(op)
+        is_retry = isinstance(op, Call) and op.script is LOCK_ACQUIRE and len(seen) > 3
+        if isinstance(op, fail_on) and (fail_on is not Call or is_retry):
+            raise error
+        if isinstance(op, Subscribe):
+            return waiter
+        if isinstance(op, Call):
+            return replies.pop(0) if op.script is LOCK_ACQUIRE else 1
+        return None
+
+    return seen, execute
+
+
+def test_interrupted_wait_leaves_the_queue_and_unsubscribes() -> None:
+    seen, execute = _scripted([[0, 500], [0, 500]], Wait, KeyboardInterrupt())
+    flow = flows.acquire(_ctx(), FAIR, "me", None, blocking=True, timeout=None, lease_ms=None)
+    with pytest.raises(KeyboardInterrupt):
+        drive(flow, execute)
+    kinds = [type(op).__name__ if not isinstance(op, Call) else op.script.name for op in seen]
+    assert kinds == ["locks/lock_acquire", "Subscribe", "locks/lock_acquire", "Wait", "locks/leave", "Unsubscribe"]
+
+
+async def test_cancelled_attempt_in_flight_is_undone() -> None:
+    seen, execute = _scripted([[0, 500], [0, 500]], Call, asyncio.CancelledError())
+
+    async def aexecute(op: Any) -> Any:
+        return execute(op)
+
+    flow = flows.acquire(_ctx(), FAIR, "me", None, blocking=True, timeout=None, lease_ms=None)
+    with pytest.raises(asyncio.CancelledError):
+        await adrive(flow, aexecute)
+    undo = [op for op in seen if isinstance(op, Call) and op.script is LOCK_RELEASE]
+    assert len(undo) == 1 and undo[0].args == ("me", "", 1), "release with any token whatever the attempt took"
+    assert isinstance(seen[-1], Unsubscribe)
+    assert any(isinstance(op, Call) and op.script is LEAVE for op in seen)
+
+
+# ------------------------------------------------------------------ pub/sub bookkeeping
+
+
+def test_book_subscribes_once_per_channel_and_wakes_by_payload() -> None:
+    book = SubscriptionBook()
+    a, b = Waiter("ch", "a", threading.Event()), Waiter("ch", "b", threading.Event())
+    ca, new_a = book.join(a, threading.Event)
+    _, new_b = book.join(b, threading.Event)
+    assert (new_a, new_b) == (True, False)
+    book.dispatch([b"subscribe", b"ch", 1])
+    assert ca.is_set()  # type: ignore[attr-defined]
+    book.dispatch([b"message", b"ch", b"b"])  # the fair queue's head is b
+    assert not a.signal.is_set() and b.signal.is_set()  # type: ignore[attr-defined]
+    book.dispatch([b"message", b"ch", b""])
+    assert a.signal.is_set()  # type: ignore[attr-defined]
+    assert book.leave(a) is False and book.leave(b) is True and book.idle
+
+
+def test_book_confirms_subscriptions_in_send_order_and_resets() -> None:
+    book = SubscriptionBook()
+    w1, w2 = Waiter("c1", "x", threading.Event()), Waiter("c2", "y", threading.Event())
+    c1, _ = book.join(w1, threading.Event)
+    c2, _ = book.join(w2, threading.Event)
+    book.dispatch([b"subscribe", b"c1", 1])
+    assert c1.is_set() and not c2.is_set()  # type: ignore[attr-defined]
+    assert sorted(book.reset()) == ["c1", "c2"]
+    assert c2.is_set() and w1.signal.is_set() and w2.signal.is_set()  # type: ignore[attr-defined]
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 3)), max_size=60))
+def test_book_subscription_follows_waiters(ops: list[tuple[bool, int, int]]) -> None:
+    """Invariant: a channel is subscribed iff it has waiters; SUBSCRIBE and UNSUBSCRIBE alternate per channel."""
+    book = SubscriptionBook()
+    present: dict[tuple[int, int], Waiter] = {}
+    subscribed: set[str] = set()
+    for join, ch, who in ops:
+        channel, holder = f"c{ch}", f"h{who}"
+        if join and (ch, who) not in present:
+            present[(ch, who)] = w = Waiter(channel, holder, threading.Event())
+            _, send = book.join(w, threading.Event)
+            assert send == (channel not in subscribed)
+            subscribed.add(channel)
+        elif not join and (ch, who) in present:
+            unsubscribe = book.leave(present.pop((ch, who)))
+            still = any(c == ch for c, _ in present)
+            assert unsubscribe == (not still)
+            if unsubscribe:
+                subscribed.discard(channel)
+        assert set(book.channels) == subscribed == {f"c{c}" for c, _ in present}
+
+
+# ------------------------------------------------------------------ watchdog planning
+
+
+def test_planner_drops_dead_owners_and_renews_the_living() -> None:
+    table = HoldTable()
+    living, dead, leased = make_hold(), make_hold(alive=False), make_hold(watchdog=False)
+    dead.holder, leased.holder = "dead", "leased"
+    for h in (living, dead, leased):
+        table.add(h)
+    batch, _ = RenewalPlanner(table, 3_000).due(time.monotonic())
+    assert [h for h, _ in batch[next(iter(batch))]] == [living]
+    assert table.snapshot() == [living, leased], "a dead owner's hold is dropped, not renewed"
+
+
+def test_planner_settles_outcomes() -> None:
+    table, hold = HoldTable(), make_hold(valid_for=0.5)
+    table.add(hold)
+    planner = RenewalPlanner(table, 3_000)
+    sent = time.monotonic()
+    assert planner.settle(hold, 1, sent) is False and hold.valid_until > sent + 2.9
+    assert planner.settle(hold, OSError("down"), sent) is False  # lease still valid: retry soon
+    assert hold.next_renewal <= time.monotonic() + planner.retry_s
+    hold.releasing = True
+    assert planner.settle(hold, 0, sent) is False  # the owner's release got there first
+    hold.releasing = False
+    assert planner.settle(hold, 0, sent) is True and hold.lost
+    assert planner.settle(hold, 0, sent) is False, "lost is reported once"
+    other = make_hold(valid_for=-1)
+    other.holder = "other"
+    table.add(other)
+    assert planner.settle(other, OSError("down"), sent) is True, "the lease ran out while Redis was unreachable"
+
+
+# ------------------------------------------------------------------ reentrancy invariant against Redis
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["acquire", "release", "acquire-twice", "release-twice"]), max_size=25))
+def test_local_count_matches_redis_under_retried_calls(redis_client: Any, ops: list[str]) -> None:
+    """Whatever mix of acquires, releases and duplicated (retried) script calls: the local hold count equals
+    the count in Redis, and the lock exists exactly while the count is positive."""
+    namespace = f"t-hyp-{uuid.uuid4().hex[:8]}"
+    with Locks(redis_client, namespace=namespace) as locks:
+        lock = locks.lock("h")
+        lock_key = f"{{{namespace}:h}}"
+        for op in ops:
+            held = lock.hold_count
+            if op.startswith("acquire"):
+                call = SPEC.__class__(namespace, "h").acquire_call(locks.holder(), held, 5_000, True)
+                if op == "acquire-twice":
+                    call.script(redis_client, call.keys, call.args)  # a first run whose reply was lost
+                lock.acquire(lease_ms=5_000)
+            elif held:
+                hold = locks.holds.get(lock._spec.hold_key, locks.holder())
+                assert hold is not None
+                if op == "release-twice":
+                    rel = lock._spec.release_call(locks.holder(), hold.token, hold.count)
+                    rel.script(redis_client, rel.keys, rel.args)
+                lock.release()
+            count = int(redis_client.hget(lock_key, "c") or 0)
+            assert count == lock.hold_count
+            assert bool(redis_client.exists(lock_key)) == (count > 0)
+        while lock.hold_count:
+            lock.release()
+        assert not redis_client.exists(lock_key)
