@@ -12,7 +12,7 @@ event loop). Cancelling a waiting ``acquire`` leaves no queue entry and no subsc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,9 +21,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from distkit.errors import LockTimeoutError
 from distkit.locks.base import LocksBase, LockView, SemaphoreView
-from distkit.locks.holds import Hold, task_alive, task_serial
+from distkit.locks.holds import task_alive, task_serial
 from distkit.locks.lock import unavailable
-from distkit.locks.ops import Call, Flow, Op, Subscribe, Unsubscribe, Wait, adrive
+from distkit.locks.ops import Call, Flow, adrive
 from distkit.locks.waiters import AsyncHub
 from distkit.locks.watchdog import AsyncWatchdog
 
@@ -42,35 +42,18 @@ class AsyncLocks(LocksBase["AsyncLock", "AsyncSemaphore"]):
     lock_class: type[AsyncLock]
     semaphore_class: type[AsyncSemaphore]
 
-    def holder(self) -> str:
-        return f"{self.instance_id}:t{task_serial()}"
+    owner_fns = (task_serial, task_alive)  # the owner is the current asyncio task
+    hub_class, watchdog_class = AsyncHub, AsyncWatchdog
 
-    def alive(self) -> Callable[[], bool]:
-        return task_alive()
-
-    def kick_watchdog(self, hold: Hold) -> None:
-        self.watchdog.kick(hold)
-
-    def _reset_io(self) -> None:
-        self.hub = AsyncHub(self.client, f"distkit-locks-pubsub-{self.namespace}", self.linger_s)
-        self.watchdog = AsyncWatchdog(self.client, self.holds, self.lease_ms, f"distkit-watchdog-{self.namespace}")
+    def _script(self, op: Call) -> Any:
+        return op.script.acall(self.client, op.keys, op.args)
 
     async def run(self, flow: Flow[T]) -> T:
+        """Run a flow awaiting its I/O; Redis connection errors become ``BackendUnavailableError``."""
         try:
-            return await adrive(flow, self._execute)
+            return await adrive(flow, self.execute)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise unavailable(exc) from exc
-
-    async def _execute(self, op: Op) -> Any:
-        if type(op) is Call:
-            return await op.script.acall(self.client, op.keys, op.args)
-        if type(op) is Wait:
-            return await self.hub.wait(op.waiter, op.seconds)
-        if type(op) is Subscribe:
-            return await self.hub.subscribe(op.channel, op.holder)
-        if type(op) is Unsubscribe:
-            return await self.hub.unsubscribe(op.waiter)
-        return await self.client.execute_command(*op.args)  # type: ignore[union-attr]
 
     async def aclose(self) -> None:
         """Stop the watchdog and listener tasks; further acquires raise. Held locks expire on their lease."""

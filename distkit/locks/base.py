@@ -10,13 +10,13 @@ import os
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from distkit.errors import InvalidArgumentError, LockError, LockNotOwnedError
 from distkit.locks import flows
 from distkit.locks.flows import Context
 from distkit.locks.holds import Hold, HoldTable
-from distkit.locks.ops import Flow
+from distkit.locks.ops import Call, Command, Flow, Op, Subscribe, Unsubscribe, Wait
 from distkit.locks.specs import FREED, ExclusiveSpec, SharedSpec, Spec
 
 L = TypeVar("L", bound="LockView")
@@ -36,6 +36,10 @@ class LocksBase(Generic[L, S]):
 
     lock_class: type[L]
     semaphore_class: type[S]
+    # set by the sync / asyncio subclass: the caller's serial and liveness check, and the background workers
+    owner_fns: ClassVar[tuple[Callable[[], int], Callable[[], Callable[[], bool]]]]
+    hub_class: ClassVar[type[Any]]
+    watchdog_class: ClassVar[type[Any]]
 
     def __init__(
         self,
@@ -104,19 +108,35 @@ class LocksBase(Generic[L, S]):
     # ------------------------------------------------------------------ owners, lifecycle
 
     def holder(self) -> str:
-        """The caller's owner id in Redis."""
-        raise NotImplementedError
+        """The caller's owner id in Redis: this instance and the calling thread (or task)."""
+        return f"{self.instance_id}:{self.owner_fns[0]()}"
 
     def alive(self) -> Callable[[], bool]:
         """The caller's liveness check (its thread's ``is_alive``, or its task's ``not done()``)."""
-        raise NotImplementedError
+        return self.owner_fns[1]()
 
     def kick_watchdog(self, hold: Hold) -> None:
-        raise NotImplementedError
+        self.watchdog.kick(hold)
 
     def _reset_io(self) -> None:
-        """(Re)create the hub and watchdog handles (none running yet)."""
+        """(Re)create the pub/sub hub and the watchdog (started on first need) and the I/O dispatch table."""
+        client, ns = self.client, self.namespace
+        self.hub = hub = self.hub_class(client, f"distkit-locks-pubsub-{ns}", self.linger_s)
+        self.watchdog = self.watchdog_class(client, self.holds, self.lease_ms, f"distkit-watchdog-{ns}")
+        self._dispatch: dict[type, Callable[[Any], Any]] = {
+            Call: self._script,
+            Command: lambda op: client.execute_command(*op.args),
+            Subscribe: lambda op: hub.subscribe(op.channel, op.holder),
+            Wait: lambda op: hub.wait(op.waiter, op.seconds),
+            Unsubscribe: lambda op: hub.unsubscribe(op.waiter),
+        }
+
+    def _script(self, op: Call) -> Any:
         raise NotImplementedError
+
+    def execute(self, op: Op) -> Any:
+        """Perform one operation of a flow: a value (sync clients) or an awaitable (asyncio clients)."""
+        return self._dispatch[type(op)](op)
 
     def _after_fork_in_child(self) -> None:
         # the child is a different owner: fresh id, no holds, no threads, no sockets shared with the parent
@@ -144,9 +164,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_close_all_at_exit)
 
 
-class LockView:
-    """A named lock (or one side of a read-write lock). Cheap: state lives in Redis and in the factory's
-    hold table, so two views of the same name in one thread share reentrancy."""
+class _View:
+    """What lock and semaphore views share: the factory, the spec and the ``on_lost`` callback."""
 
     def __init__(self, locks: LocksBase[Any, Any], spec: Spec) -> None:
         self._locks = locks
@@ -159,6 +178,11 @@ class LockView:
     @property
     def name(self) -> str:
         return self._spec.name
+
+
+class LockView(_View):
+    """A named lock (or one side of a read-write lock). Cheap: state lives in Redis and in the factory's
+    hold table, so two views of the same name in one thread share reentrancy."""
 
     @property
     def hold_count(self) -> int:
@@ -195,23 +219,16 @@ class LockView:
         return self._spec.state(self._locks.holder())
 
 
-class SemaphoreView:
+class SemaphoreView(_View):
     """Expirable permits (Redisson's ``RPermitExpirableSemaphore``): ``acquire`` returns a permit id that any
     process may ``release``; a permit nobody releases expires after its lease."""
 
+    _spec: SharedSpec
+
     def __init__(self, locks: LocksBase[Any, Any], spec: SharedSpec, lease_ms: int | None) -> None:
-        self._locks = locks
-        self._spec = spec
+        super().__init__(locks, spec)
         self._lease_ms = lease_ms
         self._entered: dict[str, list[str]] = {}  # holder -> permits taken by ``with``
-        self.on_lost: Callable[[], Any] | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._spec.name!r}, permits={self._spec.limit})"
-
-    @property
-    def name(self) -> str:
-        return self._spec.name
 
     @property
     def permits(self) -> int:

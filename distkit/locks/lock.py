@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,8 +18,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from distkit.errors import BackendUnavailableError, LockTimeoutError
 from distkit.locks.base import LocksBase, LockView
-from distkit.locks.holds import Hold, thread_alive, thread_serial
-from distkit.locks.ops import Call, Flow, Op, Subscribe, Unsubscribe, Wait, drive
+from distkit.locks.holds import thread_alive, thread_serial
+from distkit.locks.ops import Call, Flow, drive
 from distkit.locks.waiters import Hub
 from distkit.locks.watchdog import Watchdog
 
@@ -62,36 +62,18 @@ class Locks(LocksBase["Lock", "Semaphore"]):
     lock_class: type[Lock]
     semaphore_class: type[Semaphore]
 
-    def holder(self) -> str:
-        return f"{self.instance_id}:{thread_serial()}"
+    owner_fns = (thread_serial, thread_alive)  # the owner is the calling thread
+    hub_class, watchdog_class = Hub, Watchdog
 
-    def alive(self) -> Callable[[], bool]:
-        return thread_alive()
-
-    def kick_watchdog(self, hold: Hold) -> None:
-        self.watchdog.kick(hold)
-
-    def _reset_io(self) -> None:
-        self.hub = Hub(self.client, f"distkit-locks-pubsub-{self.namespace}", self.linger_s)
-        self.watchdog = Watchdog(self.client, self.holds, self.lease_ms, f"distkit-watchdog-{self.namespace}")
+    def _script(self, op: Call) -> Any:
+        return op.script(self.client, op.keys, op.args)
 
     def run(self, flow: Flow[T]) -> T:
         """Run a flow with blocking I/O; Redis connection errors become ``BackendUnavailableError``."""
         try:
-            return drive(flow, self._execute)
+            return drive(flow, self.execute)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise unavailable(exc) from exc
-
-    def _execute(self, op: Op) -> Any:
-        if type(op) is Call:
-            return op.script(self.client, op.keys, op.args)
-        if type(op) is Wait:
-            return self.hub.wait(op.waiter, op.seconds)
-        if type(op) is Subscribe:
-            return self.hub.subscribe(op.channel, op.holder)
-        if type(op) is Unsubscribe:
-            return self.hub.unsubscribe(op.waiter)
-        return self.client.execute_command(*op.args)  # type: ignore[union-attr]
 
     def close_threads(self) -> None:
         """Stop the watchdog and the pub/sub listener (holds are not released: they expire on their lease)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from distkit._redis import Script
 
@@ -78,33 +78,50 @@ Op = Call | Command | Subscribe | Wait | Unsubscribe
 Flow = Generator[Op, Any, T]
 
 
+class Step(Generic[T]):
+    """A flow between two I/O operations: the pending ``op``, or the ``result`` once it has finished."""
+
+    __slots__ = ("flow", "op", "result", "running")
+
+    def __init__(self, flow: Flow[T]) -> None:
+        self.flow = flow
+        self.running = True
+        self.feed(None, None)
+
+    def feed(self, value: Any, error: BaseException | None) -> None:
+        """Hand the last operation's result (or its exception) to the flow and take the next operation."""
+        try:
+            self.op: Op = self.flow.send(value) if error is None else self.flow.throw(error)
+        except StopIteration as done:
+            self.running = False
+            self.result: T = done.value
+
+
+def _outcome(execute: Callable[[Op], Any], op: Op) -> tuple[Any, BaseException | None]:
+    try:
+        return execute(op), None
+    except BaseException as exc:  # handed to the flow, which cleans up and re-raises
+        return None, exc
+
+
+async def _aoutcome(execute: Callable[[Op], Awaitable[Any]], op: Op) -> tuple[Any, BaseException | None]:
+    try:
+        return await execute(op), None
+    except BaseException as exc:  # CancelledError included: the flow leaves nothing behind, then re-raises
+        return None, exc
+
+
 def drive(flow: Flow[T], execute: Callable[[Op], Any]) -> T:
     """Run ``flow`` to completion with a blocking ``execute``."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = flow.send(value) if error is None else flow.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            value = execute(op)
-        except BaseException as exc:  # handed to the flow, which cleans up and re-raises
-            error = exc
+    step = Step(flow)
+    while step.running:
+        step.feed(*_outcome(execute, step.op))
+    return step.result
 
 
 async def adrive(flow: Flow[T], execute: Callable[[Op], Awaitable[Any]]) -> T:
     """Run ``flow`` to completion with an awaitable ``execute`` (cancellation is thrown into the flow)."""
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            op = flow.send(value) if error is None else flow.throw(error)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        value, error = None, None
-        try:
-            value = await execute(op)
-        except BaseException as exc:  # CancelledError included: the flow leaves nothing behind, then re-raises
-            error = exc
+    step = Step(flow)
+    while step.running:
+        step.feed(*await _aoutcome(execute, step.op))
+    return step.result

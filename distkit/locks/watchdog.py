@@ -73,8 +73,15 @@ class RenewalPlanner:
         hold.lost = True
         return True
 
-    def wake_at(self, batch: Batch, wake: float) -> float:
-        return time.monotonic() if batch else wake
+    @staticmethod
+    def calls(items: list[tuple[Hold, Any]]) -> list[tuple[Any, Any]]:
+        """The (keys, args) of one script's renewals, for ``Script.many``."""
+        return [(call.keys, call.args) for _, call in items]
+
+    def settle_all(self, items: list[tuple[Hold, Any]], replies: list[Any] | BaseException, sent: float) -> list[Hold]:
+        """Apply a batch's replies (or the exception that failed the whole batch); the newly lost holds."""
+        outcomes = [replies] * len(items) if isinstance(replies, BaseException) else replies
+        return [hold for (hold, _), reply in zip(items, outcomes, strict=True) if self.settle(hold, reply, sent)]
 
 
 def fire_lost(hold: Hold) -> Any:
@@ -90,17 +97,22 @@ def fire_lost(hold: Hold) -> Any:
         return None
 
 
-class Watchdog:
-    """A named daemon thread renewing the watchdog holds of one ``Locks``; started on first use."""
-
+class _WatchdogBase:
     def __init__(self, client: Any, table: HoldTable, lease_ms: int, name: str) -> None:
         self.client = client
         self.planner = RenewalPlanner(table, lease_ms)
         self.name = name
-        self._cv = threading.Condition()
-        self._wake_at = math.inf
-        self._thread: threading.Thread | None = None
+        self._wake_at = math.inf  # when the worker looks next; -inf while it is working
         self._stopped = False
+
+
+class Watchdog(_WatchdogBase):
+    """A named daemon thread renewing the watchdog holds of one ``Locks``; started on first use."""
+
+    def __init__(self, client: Any, table: HoldTable, lease_ms: int, name: str) -> None:
+        super().__init__(client, table, lease_ms, name)
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -139,25 +151,20 @@ class Watchdog:
             for script, items in batch.items():
                 sent = time.monotonic()
                 try:
-                    replies: list[Any] = script.many(self.client, [(c.keys, c.args) for _, c in items])
+                    replies: list[Any] | BaseException = script.many(self.client, self.planner.calls(items))
                 except Exception as exc:  # the whole batch failed (connection): every hold retries
-                    replies = [exc] * len(items)
-                for (hold, _), reply in zip(items, replies, strict=True):
-                    if self.planner.settle(hold, reply, sent):
-                        fire_lost(hold)
+                    replies = exc
+                for hold in self.planner.settle_all(items, replies, sent):
+                    fire_lost(hold)
 
 
-class AsyncWatchdog:
+class AsyncWatchdog(_WatchdogBase):
     """The asyncio twin of :class:`Watchdog`: one task in the loop that first needed it."""
 
     def __init__(self, client: Any, table: HoldTable, lease_ms: int, name: str) -> None:
-        self.client = client
-        self.planner = RenewalPlanner(table, lease_ms)
-        self.name = name
+        super().__init__(client, table, lease_ms, name)
         self._event = asyncio.Event()
-        self._wake_at = math.inf
         self._task: asyncio.Task[None] | None = None
-        self._stopped = False
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -198,11 +205,10 @@ class AsyncWatchdog:
             for script, items in batch.items():
                 sent = time.monotonic()
                 try:
-                    replies: list[Any] = await script.amany(self.client, [(c.keys, c.args) for _, c in items])
+                    replies: list[Any] | BaseException = await script.amany(self.client, self.planner.calls(items))
                 except Exception as exc:
-                    replies = [exc] * len(items)
-                for (hold, _), reply in zip(items, replies, strict=True):
-                    if self.planner.settle(hold, reply, sent):
-                        result = fire_lost(hold)
-                        if inspect.isawaitable(result):
-                            await result
+                    replies = exc
+                for hold in self.planner.settle_all(items, replies, sent):
+                    result = fire_lost(hold)
+                    if inspect.isawaitable(result):
+                        await result
