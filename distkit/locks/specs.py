@@ -2,10 +2,10 @@
 
 Two storage shapes:
 
-* **exclusive** (``lock``, ``fair_lock``): one hash ``{ns:name}`` = ``{o: owner, c: count, t: token}`` whose
-  TTL is the lease; a fair lock adds a queue ``{ns:name}:queue`` and its deadlines ``{ns:name}:queue-ttl``.
-  The acquire path is two Redis calls at most, which is what keeps an uncontended cycle as fast as redis-py's
-  non-reentrant ``Lock``.
+* **exclusive** (``lock``, ``fair_lock``): one string ``{ns:name}`` = ``"<owner> <hold count> <token>"``
+  whose TTL is the lease (Redisson keeps a hash; one string lets the uncontended acquire be a single
+  ``SET NX PX`` inside the script, which keeps a cycle as fast as redis-py's non-reentrant ``Lock``). A fair
+  lock adds a queue ``{ns:name}:queue`` and its deadlines ``{ns:name}:queue-ttl``.
 * **shared** (``rw_lock`` sides, ``semaphore``): a hash ``{ns:name}`` of per-hold counts and tokens plus a
   zset ``{ns:name}:holds`` of per-hold lease ends, so one dead reader (or permit holder) expires on its
   own lease without taking the others with it; ``{ns:name}:writers`` marks waiting writers.
@@ -122,10 +122,10 @@ class ExclusiveSpec(Spec):
         return Call(LEAVE, self.keys[1:], (holder,))
 
     def state(self, holder: str) -> Flow[tuple[bool, bool]]:
-        owner = yield Command(("HGET", self.keys[0], "o"))
-        if isinstance(owner, bytes):
-            owner = owner.decode()
-        return owner is not None, owner == holder
+        value = yield Command(("GET", self.keys[0]))
+        if isinstance(value, bytes):
+            value = value.decode()
+        return value is not None, value is not None and value.split(" ", 1)[0] == holder
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ def test_reentrant_acquire_three_times_frees_only_after_third_release(locks: Loc
         assert lock.hold_count == expected
         tokens.append(lock.fencing_token)
     assert len(set(tokens)) == 1, "a reentrant hold keeps its token"
-    assert int(client.hget(key(locks.namespace, "order:42"), "c")) == 3
+    owner, count, token = client.get(key(locks.namespace, "order:42")).split()
+    assert (owner.decode(), int(count), int(token)) == (locks.holder(), 3, tokens[0])
     for left in (2, 1):
         lock.release()
         assert lock.hold_count == left

@@ -1,18 +1,21 @@
 -- Release one hold of an exclusive lock; on the last one delete the lock and wake waiters.
 --
--- KEYS[1] lock hash   KEYS[2] wake-up channel   KEYS[3] fair queue (list; fair locks only)
+-- KEYS[1] the lock ("<owner> <count> <token>")   KEYS[2] wake-up channel   KEYS[3] fair queue (fair locks only)
 -- ARGV[1] owner   ARGV[2] fencing token of the hold ('' = any: undo an acquire whose reply was lost)
 -- ARGV[3] hold count the caller believes it has
 --
 -- Reply 1 freed | 0 count decremented | 2 already done by an earlier call (a retry) | -1 not held by this
 -- owner | -2 the caller's count disagrees with Redis.
-local cur = redis.call('HMGET', KEYS[1], 'o', 'c', 't')
-if cur[1] ~= ARGV[1] or (ARGV[2] ~= '' and cur[3] ~= ARGV[2]) then return -1 end
-local count, expected = tonumber(cur[2]), tonumber(ARGV[3])
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+local holder, count, token = string.match(cur, '^(%S+) (%d+) (%d+)$')
+if holder ~= ARGV[1] or (ARGV[2] ~= '' and token ~= ARGV[2]) then return -1 end
+count = tonumber(count)
+local expected = tonumber(ARGV[3])
 if count == expected - 1 then return 2 end
 if count ~= expected then return -2 end
 if count > 1 then
-  redis.call('HINCRBY', KEYS[1], 'c', -1)
+  redis.call('SET', KEYS[1], holder .. ' ' .. (count - 1) .. ' ' .. token, 'KEEPTTL')
   return 0
 end
 redis.call('DEL', KEYS[1])
