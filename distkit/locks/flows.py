@@ -128,10 +128,30 @@ def acquire(
         yield from _abandon(spec, holder, expected, waiter, in_flight)
         raise
     if waiter is not None:
-        if not acquired:
-            yield from _quietly(spec.leave_call(holder))
-        yield Unsubscribe(waiter)
+        try:
+            if not acquired:
+                yield from _quietly(spec.leave_call(holder))
+            yield Unsubscribe(waiter)
+        except GeneratorExit:
+            raise
+        except BaseException:  # cancelled after the grant: the caller will not know it holds the lock
+            if acquired:
+                yield from _give_back(ctx.table, spec, holder)
+            raise
     return acquired
+
+
+def _give_back(table: HoldTable, spec: Spec, holder: str) -> Flow[None]:
+    """Release the hold just granted to an acquire that is being cancelled (best effort: else it expires)."""
+    hold = table.get(spec.hold_key, holder)
+    if hold is None:
+        return
+    started = time.monotonic()
+    try:
+        reply = yield spec.release_call(holder, hold.token, hold.count)
+        settle_release(table, hold, int(reply), started)
+    except Exception:
+        return
 
 
 def _raise_for_status(status: int, value: int, spec: Spec, hold: Hold | None) -> None:

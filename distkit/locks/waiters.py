@@ -24,8 +24,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from distkit.locks.ops import Signal, Waiter
 
 log = logging.getLogger("distkit.locks")
+T = TypeVar("T")
 
 ACK_TIMEOUT_S = 2.0  # how long a waiter waits for its SUBSCRIBE to be confirmed before re-checking anyway
 POLL_S = 0.25  # listener read timeout: how often it looks at stop / idle
@@ -175,14 +176,18 @@ class Hub(_HubBase):
 
     def subscribe(self, channel: str, holder: str) -> Waiter:
         waiter = Waiter(channel, holder, threading.Event())
-        with self._lock:
-            confirmed, new = self.book.join(waiter, threading.Event)
-            if new:
-                self._send("SUBSCRIBE", channel)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
-        confirmed.wait(ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+        try:
+            with self._lock:
+                confirmed, new = self.book.join(waiter, threading.Event)
+                if new:
+                    self._send("SUBSCRIBE", channel)
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                    self._thread.start()
+            confirmed.wait(ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+        except BaseException:  # interrupted (KeyboardInterrupt): the caller never gets the waiter to leave
+            self.unsubscribe(waiter)
+            raise
         return waiter
 
     def unsubscribe(self, waiter: Waiter) -> None:
@@ -265,6 +270,7 @@ class AsyncHub(_HubBase):
         super().__init__(client, name, linger_s)
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -272,20 +278,40 @@ class AsyncHub(_HubBase):
 
     async def subscribe(self, channel: str, holder: str) -> Waiter:
         waiter = Waiter(channel, holder, asyncio.Event())
-        async with self._lock:
-            confirmed, new = self.book.join(waiter, asyncio.Event)
-            if new:
-                await self._send("SUBSCRIBE", channel)
-            if self._task is None:
-                self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(confirmed.wait(), ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+        joining = self._background(self._join(waiter))
+        try:
+            confirmed = await asyncio.shield(joining)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(confirmed.wait(), ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+        except BaseException:  # cancelled: once the join is through (it is shielded), undo it
+            joining.add_done_callback(lambda _: self._background(self._leave(waiter)))
+            raise
         return waiter
 
     async def unsubscribe(self, waiter: Waiter) -> None:
+        # shielded: a second cancellation during cleanup must not leave the channel subscribed
+        await asyncio.shield(self._background(self._leave(waiter)))
+
+    async def _join(self, waiter: Waiter) -> Signal:
+        async with self._lock:  # book and SUBSCRIBE together, so confirmations match the send order
+            confirmed, new = self.book.join(waiter, asyncio.Event)
+            if new:
+                await self._send("SUBSCRIBE", waiter.channel)
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+        return confirmed
+
+    async def _leave(self, waiter: Waiter) -> None:
         async with self._lock:
             if self.book.leave(waiter) and not self._broken:
                 await self._send("UNSUBSCRIBE", waiter.channel)
+
+    def _background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A task this hub keeps a reference to until it is done (the loop only keeps weak ones)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def wait(self, waiter: Waiter, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

@@ -181,3 +181,43 @@ async def test_two_thousand_cycles_leave_no_keys_and_one_watchdog_task(
     assert await akeys_of(aclient, namespace) == []
     names = {t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("distkit-")}
     assert names == {f"distkit-watchdog-{namespace}"}
+
+
+async def test_cancellation_at_any_point_leaves_nothing_behind(
+    alocks: AsyncLocks, aclient: Any, namespace: str
+) -> None:
+    """Cancel a waiter at staggered moments around the holder's release (while subscribing, while a script
+    call is in flight, while waiting): afterwards the lock is free or held by the waiter that won, and no
+    subscription or queue place is left."""
+    fair = alocks.fair_lock("chaos")
+    outcomes = {"acquired": 0, "cancelled": 0}
+    for i in range(40):
+        await fair.acquire()
+
+        async def contender() -> bool:
+            return await fair.acquire()
+
+        waiter = asyncio.create_task(contender())
+        await asyncio.sleep((i % 8) * 0.0004)
+        if i % 3 == 0:  # cancelled while the lock is still held
+            waiter.cancel()
+            await fair.release()
+        else:  # cancelled around the wake-up: the attempt may be in flight or just granted
+            await fair.release()
+            await asyncio.sleep((i % 5) * 0.0003)
+            waiter.cancel()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            outcomes["cancelled"] += 1
+            assert not await fair.is_locked(), "a cancelled attempt that took the lock was undone"
+        else:
+            outcomes["acquired"] += 1
+            assert await fair.is_locked()
+            # the finished waiter task owns it and cannot release any more: clean up by hand
+            await aclient.delete(key(namespace, "chaos"))
+            alocks.holds.clear()
+    assert outcomes["cancelled"] > 0
+    await apoll(lambda: not alocks.hub.subscribed_channels, timeout=5)
+    assert await aclient.llen(key(namespace, "chaos", "queue")) == 0
+    assert await akeys_of(aclient, namespace) == []

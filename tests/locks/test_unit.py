@@ -146,6 +146,27 @@ async def test_cancelled_attempt_in_flight_is_undone() -> None:
     assert any(isinstance(op, Call) and op.script is LEAVE for op in seen)
 
 
+def test_cancelled_right_after_the_grant_gives_the_lock_back() -> None:
+    ctx, seen = _ctx(), []
+    replies = [[0, 500], b"1795557461866913"]
+
+    def execute(op: Any) -> Any:
+        seen.append(op)
+        if isinstance(op, Subscribe):
+            return Waiter("ch", "me", threading.Event())
+        if isinstance(op, Unsubscribe):
+            raise asyncio.CancelledError
+        return replies.pop(0) if op.script is LOCK_ACQUIRE else FREED
+
+    flow = flows.acquire(ctx, SPEC, "me", None, blocking=True, timeout=None, lease_ms=None)
+    with pytest.raises(asyncio.CancelledError):
+        drive(flow, execute)
+    give_back = seen[-1]
+    assert isinstance(give_back, Call) and give_back.script is LOCK_RELEASE
+    assert give_back.args == ("me", b"1795557461866913", 1)
+    assert len(ctx.table) == 0, "the caller never learnt it held the lock, so it is not held"
+
+
 # ------------------------------------------------------------------ pub/sub bookkeeping
 
 
