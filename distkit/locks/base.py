@@ -58,7 +58,9 @@ class LocksBase(Generic[L, S]):
         self.namespace = namespace
         self.lease_ms = _positive_ms("lease_ms", lease_ms)
         self.waiter_ttl_ms = _positive_ms("waiter_ttl_ms", waiter_ttl_ms)
-        self.linger_s = linger_s
+        if isinstance(linger_s, bool) or not isinstance(linger_s, int | float) or not linger_s >= 0:
+            raise InvalidArgumentError(f"linger_s must be a number of seconds >= 0, got {linger_s!r}")
+        self.linger_s = float(linger_s)
         self.instance_id = uuid.uuid4().hex[:16]
         self.closed = False
         self._new_state()

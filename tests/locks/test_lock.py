@@ -129,6 +129,8 @@ def test_bad_arguments_raise_typed_errors(locks: Locks, client: Any) -> None:
         Locks(client, namespace="x", lease_ms=-5)
     with pytest.raises(InvalidArgumentError, match="namespace"):
         Locks(client, namespace="")
+    with pytest.raises(InvalidArgumentError, match="linger_s"):
+        Locks(client, namespace="x", linger_s=-1)
 
 
 def test_release_woken_waiter_by_pubsub_not_by_lease(locks: Locks) -> None:
