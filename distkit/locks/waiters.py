@@ -1,10 +1,11 @@
 """One pub/sub listener per ``Locks``, shared by every blocked acquire (the "hub").
 
 A release publishes on the lock's channel; the hub wakes the waiters of that channel (all of them, or only
-the fair queue's head when the message names it). A channel is subscribed while at least one local waiter
-needs it and unsubscribed when the last one leaves, so a waiter that times out or is cancelled leaves no
-subscription behind. The listener thread / task exits after ``linger_s`` without waiters and comes back on
-demand.
+the fair queue's head when the message names it). A channel is subscribed when a local waiter first needs
+it and kept for ``linger_s`` after its last waiter leaves (a lock contended once is usually contended again:
+no SUBSCRIBE round trip then, and no UNSUBSCRIBE on the way out of ``acquire``); the listener unsubscribes
+it after that, so a waiter that times out or is cancelled leaves no subscription behind for longer than
+``linger_s``. The listener thread / task exits when no channel is left and comes back on demand.
 
 A waiter re-checks the lock right after its subscription is confirmed (a release may have come before it)
 and then at least once per lease (the script's hint), so a missed message costs at most a lease.
@@ -45,11 +46,12 @@ def _text(value: Any) -> str:
 
 
 class _Channel:
-    __slots__ = ("confirmed", "waiters")
+    __slots__ = ("confirmed", "unused_since", "waiters")
 
     def __init__(self, confirmed: Signal) -> None:
         self.waiters: list[Waiter] = []
         self.confirmed = confirmed
+        self.unused_since = 0.0  # when the last waiter left (meaningful while ``waiters`` is empty)
 
 
 class SubscriptionBook:
@@ -59,12 +61,12 @@ class SubscriptionBook:
     """
 
     def __init__(self) -> None:
-        self.channels: dict[str, _Channel] = {}
+        self.channels: dict[str, _Channel] = {}  # subscribed on the server (with or without waiters)
         self._acks: deque[_Channel] = deque()  # in the order the SUBSCRIBEs went out
-        self.idle_since = time.monotonic()
 
     @property
     def idle(self) -> bool:
+        """Nothing subscribed: the listener may stop."""
         return not self.channels
 
     def join(self, waiter: Waiter, new_signal: Callable[[], Signal]) -> tuple[Signal, bool]:
@@ -77,19 +79,21 @@ class SubscriptionBook:
         state.waiters.append(waiter)
         return state.confirmed, new
 
-    def leave(self, waiter: Waiter) -> bool:
-        """Unregister a waiter; True when its channel has no waiters left (send UNSUBSCRIBE)."""
+    def leave(self, waiter: Waiter) -> None:
+        """Unregister a waiter; its channel stays subscribed for a while (see :meth:`unused`)."""
         state = self.channels.get(waiter.channel)
-        if state is None or waiter not in state.waiters:
-            return False
-        state.waiters.remove(waiter)
-        if state.waiters:
-            return False
-        del self.channels[waiter.channel]
-        state.confirmed.set()
-        if not self.channels:
-            self.idle_since = time.monotonic()
-        return True
+        if state is not None and waiter in state.waiters:
+            state.waiters.remove(waiter)
+            if not state.waiters:
+                state.unused_since = time.monotonic()
+
+    def unused(self, linger_s: float) -> list[str]:
+        """Forget the channels without waiters for ``linger_s``: the hub sends UNSUBSCRIBE for them."""
+        cutoff = time.monotonic() - linger_s
+        gone = [ch for ch, st in self.channels.items() if not st.waiters and st.unused_since <= cutoff]
+        for ch in gone:
+            self.channels.pop(ch).confirmed.set()
+        return gone
 
     def dispatch(self, reply: Any) -> None:
         """Handle one raw pub/sub reply: wake waiters on a message, confirm a subscription."""
@@ -137,10 +141,16 @@ class _HubBase:
 
     @property
     def subscribed_channels(self) -> set[str]:
+        """Channels subscribed on the server right now (including unused ones not yet dropped)."""
         return set(self.book.channels)
 
+    @property
+    def waiting(self) -> int:
+        """How many acquires are blocked on this hub."""
+        return sum(len(state.waiters) for state in self.book.channels.values())
+
     def _should_exit(self) -> bool:
-        return self._stopped or (self.book.idle and time.monotonic() - self.book.idle_since >= self.linger_s)
+        return self._stopped or self.book.idle
 
     def _failed(self, exc: BaseException) -> None:
         log.warning("lock wake-up channel: %s; resubscribing", exc)
@@ -192,8 +202,7 @@ class Hub(_HubBase):
 
     def unsubscribe(self, waiter: Waiter) -> None:
         with self._lock:
-            if self.book.leave(waiter) and not self._broken:
-                self._send("UNSUBSCRIBE", waiter.channel)
+            self.book.leave(waiter)
 
     def wait(self, waiter: Waiter, seconds: float) -> None:
         waiter.signal.wait(seconds)  # type: ignore[attr-defined]
@@ -211,6 +220,11 @@ class Hub(_HubBase):
                 self._pubsub.execute_command(*args)
         except IO_ERRORS as exc:
             self._failed(exc)
+
+    def _drop_unused(self) -> None:
+        unused = self.book.unused(self.linger_s)
+        if unused and not self._broken:
+            self._send("UNSUBSCRIBE", *unused)
 
     def _recover(self) -> None:
         """Under the lock: a new connection with every channel subscribed again."""
@@ -230,6 +244,7 @@ class Hub(_HubBase):
         backoff = 0.05
         while True:
             with self._lock:
+                self._drop_unused()
                 if self._should_exit():
                     self._close_pubsub()
                     self._thread = None
@@ -251,6 +266,7 @@ class Hub(_HubBase):
             elif reply is not None:
                 with self._lock:
                     self.book.dispatch(reply)
+                time.sleep(0)  # hand the GIL to a woken waiter now rather than after our next read
 
     def close(self) -> None:
         with self._lock:
@@ -303,8 +319,7 @@ class AsyncHub(_HubBase):
 
     async def _leave(self, waiter: Waiter) -> None:
         async with self._lock:
-            if self.book.leave(waiter) and not self._broken:
-                await self._send("UNSUBSCRIBE", waiter.channel)
+            self.book.leave(waiter)
 
     def _background(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """A task this hub keeps a reference to until it is done (the loop only keeps weak ones)."""
@@ -331,6 +346,11 @@ class AsyncHub(_HubBase):
         except IO_ERRORS as exc:
             self._failed(exc)
 
+    async def _drop_unused(self) -> None:
+        unused = self.book.unused(self.linger_s)
+        if unused and not self._broken:
+            await self._send("UNSUBSCRIBE", *unused)
+
     async def _recover(self) -> None:
         await self._close_pubsub()
         channels = self.book.reset()
@@ -349,6 +369,7 @@ class AsyncHub(_HubBase):
         try:
             while True:
                 async with self._lock:
+                    await self._drop_unused()
                     if self._should_exit():
                         await self._close_pubsub()
                         return

@@ -51,7 +51,7 @@ def test_blocked_writer_is_woken_when_last_reader_leaves(locks: Locks) -> None:
     got: list[float] = []
     t = threading.Thread(target=lambda: (rw.write_lock().acquire(timeout=10), got.append(time.monotonic())))
     t.start()
-    poll(lambda: locks.hub.subscribed_channels)
+    poll(lambda: locks.hub.waiting == 1)
     time.sleep(0.05)
     released = time.monotonic()
     rw.read_lock().release()

@@ -182,7 +182,10 @@ def test_book_subscribes_once_per_channel_and_wakes_by_payload() -> None:
     assert not a.signal.is_set() and b.signal.is_set()  # type: ignore[attr-defined]
     book.dispatch([b"message", b"ch", b""])
     assert a.signal.is_set()  # type: ignore[attr-defined]
-    assert book.leave(a) is False and book.leave(b) is True and book.idle
+    book.leave(a)
+    book.leave(b)
+    assert book.unused(3600) == [] and not book.idle, "kept a while for the next waiter"
+    assert book.unused(0) == ["ch"] and book.idle
 
 
 def test_book_confirms_subscriptions_in_send_order_and_resets() -> None:
@@ -196,26 +199,29 @@ def test_book_confirms_subscriptions_in_send_order_and_resets() -> None:
     assert c2.is_set() and w1.signal.is_set() and w2.signal.is_set()  # type: ignore[attr-defined]
 
 
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 2), st.integers(0, 3)), max_size=60))
-def test_book_subscription_follows_waiters(ops: list[tuple[bool, int, int]]) -> None:
-    """Invariant: a channel is subscribed iff it has waiters; SUBSCRIBE and UNSUBSCRIBE alternate per channel."""
+@given(st.lists(st.tuples(st.sampled_from(["join", "leave", "sweep"]), st.integers(0, 2), st.integers(0, 3))))
+def test_book_subscription_follows_waiters(ops: list[tuple[str, int, int]]) -> None:
+    """Invariants: SUBSCRIBE is sent only for a channel not subscribed yet; a channel with waiters is never
+    dropped; a sweep drops exactly the channels without waiters."""
     book = SubscriptionBook()
     present: dict[tuple[int, int], Waiter] = {}
     subscribed: set[str] = set()
-    for join, ch, who in ops:
-        channel, holder = f"c{ch}", f"h{who}"
-        if join and (ch, who) not in present:
-            present[(ch, who)] = w = Waiter(channel, holder, threading.Event())
+    for op, ch, who in ops:
+        channel = f"c{ch}"
+        with_waiters = {f"c{c}" for c, _ in present}
+        if op == "join" and (ch, who) not in present:
+            present[(ch, who)] = w = Waiter(channel, f"h{who}", threading.Event())
             _, send = book.join(w, threading.Event)
             assert send == (channel not in subscribed)
             subscribed.add(channel)
-        elif not join and (ch, who) in present:
-            unsubscribe = book.leave(present.pop((ch, who)))
-            still = any(c == ch for c, _ in present)
-            assert unsubscribe == (not still)
-            if unsubscribe:
-                subscribed.discard(channel)
-        assert set(book.channels) == subscribed == {f"c{c}" for c, _ in present}
+        elif op == "leave" and (ch, who) in present:
+            book.leave(present.pop((ch, who)))
+        elif op == "sweep":
+            dropped = set(book.unused(0))
+            assert dropped == subscribed - with_waiters
+            subscribed -= dropped
+        assert set(book.channels) == subscribed
+        assert {f"c{c}" for c, _ in present} <= subscribed
 
 
 # ------------------------------------------------------------------ watchdog planning
