@@ -41,11 +41,13 @@ class Context:
 
 
 def check_acquire_args(blocking: bool, timeout: float | None, lease_ms: int | None) -> None:
-    if timeout is not None and (timeout < 0 or math.isnan(timeout)):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0 or math.isnan(timeout)
+    ):
         raise InvalidArgumentError(f"timeout must be >= 0 seconds or None (wait forever), got {timeout!r}")
     if timeout is not None and not blocking:
         raise InvalidArgumentError("timeout needs blocking=True; use blocking=False alone for a single try")
-    if lease_ms is not None and (not isinstance(lease_ms, int) or lease_ms <= 0):
+    if lease_ms is not None and (isinstance(lease_ms, bool) or not isinstance(lease_ms, int) or lease_ms <= 0):
         raise InvalidArgumentError(f"lease_ms must be a positive int (ms) or None for the watchdog, got {lease_ms!r}")
 
 
