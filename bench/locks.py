@@ -62,7 +62,7 @@ def make_lock(impl: str, client: Any, namespace: str, name: str) -> tuple[Callab
     raise ValueError(impl)
 
 
-def uncontended(client: Any, namespace: str, rounds: int = 7, seconds: float = 0.25) -> list[Row]:
+def uncontended(client: Any, namespace: str, rounds: int = 9, seconds: float = 0.3) -> list[Row]:
     impls = ["distkit", "distkit (lease_ms=30000)", "distkit fair_lock", "redis-py", "python-redis-lock", "pottery"]
     cycles = {}
     for impl in impls:

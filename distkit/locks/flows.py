@@ -78,7 +78,8 @@ def acquire(
     lease_ms: int | None,
 ) -> Flow[bool]:
     """Take one hold (or one more, reentrantly); True when acquired, False when not within ``timeout``."""
-    check_acquire_args(blocking, timeout, lease_ms)
+    if timeout is not None or lease_ms is not None or blocking is not True:
+        check_acquire_args(blocking, timeout, lease_ms)
     hold = ctx.table.get(spec.hold_key, holder)
     if hold is not None and hold.lost:
         raise LockLostError(f"{spec.name!r} was lost while held (lease expired or key deleted); release() it first")

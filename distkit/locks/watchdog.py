@@ -98,12 +98,19 @@ def fire_lost(hold: Hold) -> Any:
 
 
 class _WatchdogBase:
+    """A running watchdog looks at the hold table at least every quarter renewal period, so registering a
+    hold never has to wake it (no lock on the acquire path): a new hold's first renewal is due one period
+    after it was taken, well inside its lease."""
+
     def __init__(self, client: Any, table: HoldTable, lease_ms: int, name: str) -> None:
         self.client = client
         self.planner = RenewalPlanner(table, lease_ms)
         self.name = name
-        self._wake_at = math.inf  # when the worker looks next; -inf while it is working
         self._stopped = False
+
+    def _next_look(self, wake: float) -> float:
+        """Seconds to sleep: until the next hold is due, and never longer than a quarter period."""
+        return max(0.0, min(wake - time.monotonic(), self.planner.period_s / 4))
 
 
 class Watchdog(_WatchdogBase):
@@ -111,7 +118,7 @@ class Watchdog(_WatchdogBase):
 
     def __init__(self, client: Any, table: HoldTable, lease_ms: int, name: str) -> None:
         super().__init__(client, table, lease_ms, name)
-        self._cv = threading.Condition()
+        self._cv = threading.Condition()  # only to stop promptly
         self._thread: threading.Thread | None = None
 
     @property
@@ -119,15 +126,13 @@ class Watchdog(_WatchdogBase):
         return self._thread
 
     def kick(self, hold: Hold) -> None:
-        """A new watchdog hold: start the thread, or wake it if this hold is due before its next look."""
+        """A new watchdog hold: make sure the thread runs (it finds the hold on its next look)."""
+        if self._thread is not None:
+            return
         with self._cv:
-            if self._stopped:
-                return
-            if self._thread is None:
+            if self._thread is None and not self._stopped:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
-            elif hold.next_renewal < self._wake_at:
-                self._cv.notify()
 
     def stop(self) -> None:
         with self._cv:
@@ -144,9 +149,7 @@ class Watchdog(_WatchdogBase):
                     return
                 batch, wake = self.planner.due(time.monotonic())
                 if not batch:
-                    self._wake_at = wake
-                    self._cv.wait(None if wake == math.inf else max(0.0, wake - time.monotonic()))
-                    self._wake_at = -math.inf  # awake: holds added now are seen by the next due()
+                    self._cv.wait(self._next_look(wake))
                     continue
             for script, items in batch.items():
                 sent = time.monotonic()
@@ -163,7 +166,6 @@ class AsyncWatchdog(_WatchdogBase):
 
     def __init__(self, client: Any, table: HoldTable, lease_ms: int, name: str) -> None:
         super().__init__(client, table, lease_ms, name)
-        self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -171,13 +173,8 @@ class AsyncWatchdog(_WatchdogBase):
         return self._task
 
     def kick(self, hold: Hold) -> None:
-        if self._stopped:
-            return
-        if self._task is None or self._task.done():
-            self._event = asyncio.Event()
+        if not self._stopped and (self._task is None or self._task.done()):
             self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
-        elif hold.next_renewal < self._wake_at:
-            self._event.set()
 
     async def stop(self) -> None:
         self._stopped = True
@@ -193,14 +190,7 @@ class AsyncWatchdog(_WatchdogBase):
         while not self._stopped:
             batch, wake = self.planner.due(time.monotonic())
             if not batch:
-                self._wake_at = wake
-                self._event.clear()
-                timeout = None if wake == math.inf else max(0.0, wake - time.monotonic())
-                try:
-                    await asyncio.wait_for(self._event.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
-                self._wake_at = -math.inf
+                await asyncio.sleep(self._next_look(wake))
                 continue
             for script, items in batch.items():
                 sent = time.monotonic()
