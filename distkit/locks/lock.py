@@ -51,7 +51,8 @@ class Locks(LocksBase["Lock", "Semaphore"]):
             (renewals every ``lease_ms / 3``).
         waiter_ttl_ms: how long a waiter's place in a fair queue (or a waiting writer's claim) survives without
             being refreshed.
-        linger_s: how long the pub/sub listener stays up without waiters.
+        linger_s: how long a wake-up channel stays subscribed after its last waiter left (the listener stops
+            when none is left).
 
     >>> locks = Locks(redis.Redis(), namespace="app")                 # doctest: +SKIP
     >>> lock = locks.lock("order:42")                                 # doctest: +SKIP
