@@ -1,0 +1,97 @@
+"""Kafka group consumer: ``read_committed``, manual commits, assignment tracked for idle detection."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import Consumer as _RdConsumer
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from distkit.errors import MessagingError
+from distkit.messaging.broker import ConsumerBase
+from distkit.messaging.broker import TopicPartition as TP
+from distkit.messaging.kafka.errors import translate
+from distkit.messaging.message import Codec, Message, decode_headers
+
+_BENIGN = frozenset({KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+
+
+class KafkaConsumer(ConsumerBase):
+    """A member of ``group_id`` subscribed to ``topics``; ``raw`` is the underlying librdkafka consumer."""
+
+    def __init__(self, config: dict[str, Any], codec: Codec, group_id: str, topics: list[str]) -> None:
+        self.group_id = group_id
+        self.codec = codec
+        self._assigned: set[TP] = set()
+        self._lock = threading.Lock()
+        self.raw = _RdConsumer(
+            {
+                **config,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+            }
+        )
+        self.raw.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._closed = False
+
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._assigned |= {(p.topic, p.partition) for p in partitions}
+
+    def _on_revoke(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            self._assigned -= {(p.topic, p.partition) for p in partitions}
+
+    def assignment(self) -> list[TP]:
+        with self._lock:
+            return sorted(self._assigned)
+
+    def poll_batch(self, max_messages: int, timeout_s: float = 1.0) -> list[Message]:
+        if self._closed:
+            raise MessagingError("consumer is closed")
+        try:
+            raw = self.raw.consume(num_messages=max_messages, timeout=timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"poll of group {self.group_id!r}") from exc
+        out: list[Message] = []
+        for m in raw:
+            err = m.error()
+            if err is not None:
+                if err.code() in _BENIGN or not err.fatal():
+                    continue
+                raise translate(KafkaException(err), f"poll of group {self.group_id!r}")
+            _ts_type, ts = m.timestamp()
+            out.append(
+                Message(
+                    topic=m.topic() or "",
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    key=m.key(),
+                    value=self.codec.decode(m.value() or b"null"),
+                    headers=decode_headers(m.headers()),  # type: ignore[arg-type]
+                    timestamp=ts if ts and ts > 0 else None,
+                )
+            )
+        return out
+
+    def _commit_offsets(self, offsets: Mapping[TP, int]) -> None:
+        tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
+        try:
+            self.raw.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise translate(exc, f"offset commit of group {self.group_id!r}") from exc
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        try:
+            self.raw.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            raise translate(exc, f"seek {topic}[{partition}] to {offset}") from exc
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.raw.close()

@@ -1,0 +1,124 @@
+"""The message type every broker speaks, and the codec that turns values into bytes.
+
+A :class:`Message` is what a handler receives and what it returns to be produced. Values are encoded with
+a :class:`Codec` (JSON by default) *before* anything reaches a broker, so an unserialisable value fails
+fast with :class:`~distkit.errors.SerializationError` and nothing is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+from distkit.errors import SerializationError
+
+HeaderValue = str | bytes
+Headers = dict[str, HeaderValue]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One record. ``partition``/``offset``/``timestamp`` are set on consumed messages, ``None`` on new ones.
+
+    >>> Message(topic="orders", key=b"42", value={"order_id": 42}, headers={"event-id": "e-1"}).key
+    b'42'
+    """
+
+    topic: str
+    value: Any = None
+    key: bytes | None = None
+    headers: Headers = field(default_factory=dict)
+    partition: int | None = None
+    offset: int | None = None
+    timestamp: int | None = None  # unix ms
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """A header decoded as UTF-8 text (Kafka headers are bytes on the wire)."""
+        raw = self.headers.get(name)
+        if raw is None:
+            return default
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+
+
+class Codec(Protocol):
+    """Turns message values into bytes and back. Implementations must never fall back to pickle."""
+
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, data: bytes) -> Any: ...
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, uuid.UUID | Decimal):
+        return str(obj)
+    if isinstance(obj, dt.datetime | dt.date | dt.time):
+        return obj.isoformat()
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode("ascii")
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+class JsonCodec:
+    """JSON values (UUID, Decimal, datetime and bytes are written as strings).
+
+    ``bytes`` values pass through unchanged, so a producer can send pre-encoded payloads. Payloads that are
+    not JSON decode to their raw ``bytes`` (a consumer never dies on someone else's non-JSON record).
+    """
+
+    def encode(self, value: Any) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        try:
+            return json.dumps(value, default=_json_default, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"cannot serialise message value of type {type(value).__name__}: {exc}; "
+                "pass JSON-compatible data, bytes, or a broker with another codec"
+            ) from exc
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except (UnicodeDecodeError, ValueError):
+            return data
+
+
+def encode_key(key: bytes | str | int | None) -> bytes | None:
+    """Keys are bytes on the wire; ``str`` and ``int`` keys are written as UTF-8 text."""
+    if key is None or isinstance(key, bytes):
+        return key
+    if isinstance(key, str | int) and not isinstance(key, bool):
+        return str(key).encode("utf-8")
+    raise SerializationError(f"message key must be bytes, str or int, got {type(key).__name__}")
+
+
+def encode_headers(headers: dict[str, Any] | None) -> list[tuple[str, bytes]]:
+    """Headers as Kafka's list of ``(name, bytes)``; values must be ``str`` or ``bytes``."""
+    out: list[tuple[str, bytes]] = []
+    for name, value in (headers or {}).items():
+        if isinstance(value, bytes):
+            out.append((name, value))
+        elif isinstance(value, str):
+            out.append((name, value.encode("utf-8")))
+        else:
+            raise SerializationError(f"header {name!r} must be str or bytes, got {type(value).__name__}")
+    return out
+
+
+def decode_headers(raw: list[tuple[str, bytes | None]] | None) -> Headers:
+    """Kafka headers back to a dict; text values become ``str``, anything else stays ``bytes``."""
+    out: Headers = {}
+    for name, value in raw or []:
+        if value is None:
+            out[name] = b""
+            continue
+        try:
+            out[name] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            out[name] = value
+    return out
