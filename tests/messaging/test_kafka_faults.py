@@ -1,0 +1,97 @@
+"""Kafka-only behaviour: unreachable broker, unknown topics, SIGTERM shutdown of a processor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from distkit.errors import BrokerUnavailableError, UnknownTopicError
+from distkit.messaging import KafkaBroker
+from tests.messaging.conftest import drain, uid
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_broker_down_at_start_raises_after_a_bounded_wait():
+    broker = KafkaBroker(f"127.0.0.1:{closed_port()}", timeout_s=2)
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match="did not answer within 2"):
+        broker.transactional_producer("nobody-home")
+    with pytest.raises(BrokerUnavailableError):
+        broker.consumer("g", ["t"])
+    assert time.monotonic() - t0 < 15
+
+
+def test_unknown_topic_with_auto_create_off_is_a_clear_error(kafka_bootstrap, new_topic):
+    broker = KafkaBroker(kafka_bootstrap, auto_create_topics=False, timeout_s=10)
+    missing = uid("nope")
+    tx = broker.transactional_producer(uid("tx"))
+    with pytest.raises(UnknownTopicError, match="does not exist"), tx:
+        tx.send(missing, {"x": 1})
+    with pytest.raises(UnknownTopicError):
+        broker.consumer("g", [missing])
+    existing = new_topic()
+    with tx:
+        tx.send(existing, {"x": 1})
+    assert [m.value for m in drain(broker, [existing], expect=1, quiet_s=0.2)] == [{"x": 1}]
+    broker.close()
+
+
+def test_sigterm_finishes_the_current_transaction_and_exits_cleanly(kafka_bootstrap, new_topic):
+    src, out = new_topic(), new_topic()
+    broker = KafkaBroker(kafka_bootstrap, timeout_s=15)
+    with broker.transactional_producer(uid("tx")) as tx:
+        for i in range(200):
+            tx.send(src, {"n": i})
+    group = uid("g")
+    script = textwrap.dedent(f"""
+        import sys, time
+        from distkit.messaging import KafkaBroker, Message, TransactionalProcessor
+        def handler(msg):
+            time.sleep(0.02)  # slow enough that SIGTERM lands mid-stream
+            if msg.value["n"] == 5:
+                print("working", flush=True)
+            return [Message(topic={out!r}, value=msg.value)]
+        proc = TransactionalProcessor(KafkaBroker({kafka_bootstrap!r}), group_id={group!r},
+                                      input_topics=[{src!r}], transactional_id={uid("p")!r}, handler=handler,
+                                      batch_size=10)
+        stats = proc.run()
+        proc.close()
+        print("stopped", stats.processed, flush=True)
+    """)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "working"
+    child.send_signal(signal.SIGTERM)
+    rest = child.stdout.read()
+    assert child.wait(timeout=60) == 0
+    processed = int(rest.split()[-1])
+    assert 0 < processed < 200 and processed % 10 == 0  # stopped between whole transactions
+    outputs = drain(broker, [out], expect=processed)
+    assert sorted(m.value["n"] for m in outputs) == list(range(processed))
+    # the committed input offsets match the outputs exactly: the group resumes at `processed`
+    resumed = broker.consumer(group, [src])
+    first = resumed.poll_iter(timeout_s=0.5, max_messages=1)
+    assert next(first).value == {"n": processed}
+    resumed.close()
+    broker.close()
