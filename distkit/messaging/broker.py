@@ -167,7 +167,7 @@ class ProducerBase:
         if not topic:
             raise InvalidArgumentError("send needs a topic name")
         payload = self.codec.encode(value)  # raises SerializationError before anything is sent
-        self._produce(topic, encode_key(key), payload, encode_headers(dict(headers or {})), partition)
+        self._produce(topic, encode_key(key), payload, encode_headers(headers), partition)
 
     def send_message(self, message: Message) -> None:
         """Send a :class:`Message` (as a handler returns them)."""

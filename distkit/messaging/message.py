@@ -11,6 +11,7 @@ import base64
 import datetime as dt
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -63,6 +64,10 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))  # built once: json.dumps with
+# options would build a new encoder on every call
+
+
 class JsonCodec:
     """JSON values (UUID, Decimal, datetime and bytes are written as strings).
 
@@ -74,7 +79,7 @@ class JsonCodec:
         if isinstance(value, bytes):
             return value
         try:
-            return json.dumps(value, default=_json_default, separators=(",", ":")).encode("utf-8")
+            return _ENCODER.encode(value).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"cannot serialise message value of type {type(value).__name__}: {exc}; "
@@ -97,9 +102,11 @@ def encode_key(key: bytes | str | int | None) -> bytes | None:
     raise SerializationError(f"message key must be bytes, str or int, got {type(key).__name__}")
 
 
-def encode_headers(headers: dict[str, Any] | None) -> list[tuple[str, bytes]]:
+def encode_headers(headers: Mapping[str, Any] | None) -> list[tuple[str, bytes]]:
     """Headers as Kafka's list of ``(name, bytes)``; values must be ``str`` or ``bytes``."""
     out: list[tuple[str, bytes]] = []
+    if not headers:
+        return out
     for name, value in (headers or {}).items():
         if isinstance(value, bytes):
             out.append((name, value))
@@ -113,7 +120,9 @@ def encode_headers(headers: dict[str, Any] | None) -> list[tuple[str, bytes]]:
 def decode_headers(raw: list[tuple[str, bytes | None]] | None) -> Headers:
     """Kafka headers back to a dict; text values become ``str``, anything else stays ``bytes``."""
     out: Headers = {}
-    for name, value in raw or []:
+    if not raw:
+        return out
+    for name, value in raw:
         if value is None:
             out[name] = b""
             continue

@@ -35,12 +35,12 @@ class _Produces:
         self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], partition: int | None
     ) -> None:
         self._check_topic(topic)
-        kwargs: dict[str, Any] = {"key": key, "value": value, "headers": headers, "on_delivery": self._on_delivery}
-        if partition is not None:
-            kwargs["partition"] = partition
         while True:
             try:
-                self._rd.produce(topic, **kwargs)
+                if partition is None:
+                    self._rd.produce(topic, value, key, headers=headers, on_delivery=self._on_delivery)
+                else:
+                    self._rd.produce(topic, value, key, partition, headers=headers, on_delivery=self._on_delivery)
                 return
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self._rd.poll(0.1)
