@@ -189,7 +189,7 @@ def main() -> None:
             Row(
                 work,
                 "confluent-kafka transactions",
-                best(lambda: _tx_raw(bootstrap, _topic(admin), total, batch)),
+                best(lambda t=total, b=batch: _tx_raw(bootstrap, _topic(admin), t, b)),
                 "msgs/s",
                 "raw JSON bytes",
             )
@@ -198,7 +198,7 @@ def main() -> None:
             Row(
                 work,
                 "distkit TransactionalProducer",
-                best(lambda: _tx_distkit(broker, _topic(admin), total, batch)),
+                best(lambda t=total, b=batch: _tx_distkit(broker, _topic(admin), t, b)),
                 "msgs/s",
                 "dict -> JSON codec",
             )
