@@ -36,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 
+from distkit._sql import create_table
 from distkit.errors import InvalidArgumentError, MessagingError
 from distkit.messaging.broker import Broker, Producer
 from distkit.messaging.message import Codec, JsonCodec, encode_headers, encode_key
@@ -85,7 +86,7 @@ class Outbox:
 
     def create_table(self) -> None:
         """Create the table and its index if they do not exist."""
-        self.table.metadata.create_all(self.engine, checkfirst=True)
+        create_table(self.engine, self.table)
 
     def add(
         self,
