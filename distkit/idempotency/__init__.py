@@ -1,1 +1,44 @@
-"""distkit.idempotency (see docs/idempotency.md)."""
+"""Idempotent consumers: run a handler once per business key, whatever the delivery count.
+
+>>> from distkit.idempotency import idempotent, RedisIdempotencyStore   # doctest: +SKIP
+>>> @idempotent(RedisIdempotencyStore(redis_client), key=lambda m: m.headers["event-id"])  # doctest: +SKIP
+... def handle(msg): ...
+
+See docs/idempotency.md: which guard when (SET NX vs unique index vs inbox), and the failure cases.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from distkit.idempotency.codec import JsonCodec, ResultCodec
+from distkit.idempotency.decorator import idempotent
+from distkit.idempotency.record import BeginResult, Outcome
+from distkit.idempotency.stores.base import IdempotencyStore
+from distkit.idempotency.stores.redis import RedisIdempotencyStore
+
+if TYPE_CHECKING:
+    from distkit.idempotency.inbox import Inbox
+    from distkit.idempotency.stores.sql import SqlIdempotencyStore
+
+__all__ = [
+    "BeginResult",
+    "IdempotencyStore",
+    "Inbox",
+    "JsonCodec",
+    "Outcome",
+    "RedisIdempotencyStore",
+    "ResultCodec",
+    "SqlIdempotencyStore",
+    "idempotent",
+]
+
+_LAZY = {"Inbox": "distkit.idempotency.inbox", "SqlIdempotencyStore": "distkit.idempotency.stores.sql"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'distkit.idempotency' has no attribute {name!r}")

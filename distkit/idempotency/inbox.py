@@ -1,0 +1,64 @@
+"""Transactional inbox: a processed-messages table written in the same transaction as the business change.
+
+>>> inbox = Inbox(engine)                                                       # doctest: +SKIP
+>>> with Session(engine) as session, session.begin():                          # doctest: +SKIP
+...     with inbox.receive(session, message_id="evt-1", consumer="stock-service") as fresh:
+...         if fresh:
+...             session.add(StockReservation(...))
+
+The inbox row is inserted inside a SAVEPOINT of the caller's transaction: a duplicate (the primary key
+``(consumer, message_id)`` already exists, or a concurrent delivery holds it) yields ``fresh=False`` without
+breaking the transaction; the row commits or rolls back with the business change, so a crash between the
+two leaves neither.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, insert
+from sqlalchemy.exc import IntegrityError
+
+from distkit._sql import create_table
+from distkit.errors import InvalidArgumentError
+
+
+def inbox_table(name: str) -> Table:
+    return Table(
+        name,
+        MetaData(),
+        Column("consumer", String(200), primary_key=True),
+        Column("message_id", String(512), primary_key=True),
+        Column("received_at", DateTime(timezone=True), nullable=False),
+    )
+
+
+class Inbox:
+    """Exactly-once *effects* for a consumer whose state lives in the same SQL database."""
+
+    def __init__(self, engine: Engine, table: str = "distkit_inbox") -> None:
+        self.engine = engine
+        self.table = inbox_table(table)
+        create_table(engine, self.table)
+
+    @contextmanager
+    def receive(self, session: Any, *, message_id: str, consumer: str) -> Iterator[bool]:
+        """Yield True if this message is new for ``consumer`` (do the work), False for a duplicate.
+
+        ``session`` is an ORM ``Session`` or a ``Connection`` inside the caller's transaction."""
+        if not message_id or not consumer:
+            raise InvalidArgumentError("inbox.receive needs a message_id and a consumer name")
+        try:
+            with session.begin_nested():
+                session.execute(
+                    insert(self.table).values(
+                        consumer=consumer, message_id=message_id, received_at=dt.datetime.now(dt.timezone.utc)
+                    )
+                )
+            fresh = True
+        except IntegrityError:
+            fresh = False
+        yield fresh

@@ -1,0 +1,347 @@
+"""@idempotent against the real Redis and PostgreSQL from ``make test`` (one suite, both stores)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import signal
+import threading
+import time
+import uuid
+from collections import Counter
+from decimal import Decimal
+
+import pytest
+import redis
+
+from distkit.errors import (
+    IdempotencyClaimLostError,
+    IdempotencyInProgressError,
+    IdempotencyKeyMismatchError,
+    IdempotencyStoreError,
+)
+from distkit.idempotency import RedisIdempotencyStore, SqlIdempotencyStore, idempotent
+from tests.idempotency._workers import deliver
+
+
+@pytest.fixture(params=["redis", "sql"])
+def store_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def store(store_kind, request, namespace):
+    if store_kind == "redis":
+        return RedisIdempotencyStore(request.getfixturevalue("redis_client"), prefix=f"idem-{namespace}")
+    return SqlIdempotencyStore(request.getfixturevalue("pg_engine"))
+
+
+RESULTS = [
+    0,
+    None,
+    "",
+    [],
+    {},
+    False,
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    dt.datetime(2026, 11, 24, 12, 30, tzinfo=dt.timezone.utc),
+    Decimal("19.99"),
+    b"\x00raw",
+    {"id": uuid.UUID(int=7), "at": dt.date(2026, 1, 2), "tags": ("a", "b")},
+]
+
+
+@pytest.mark.parametrize("result", RESULTS, ids=lambda r: type(r).__name__ + repr(r)[:12])
+def test_three_deliveries_run_once_and_return_identical_results(store, result):
+    calls = []
+
+    @idempotent(store, key="event_id")
+    def handle(event_id: str):
+        calls.append(event_id)
+        return result
+
+    key = f"evt-{uuid.uuid4().hex}"
+    outs = [handle(key) for _ in range(3)]
+    assert calls == [key]
+    assert outs == [result, result, result]
+    assert all(type(o) is type(result) for o in outs)
+
+
+def test_key_paths_and_callables(store):
+    class Msg:
+        def __init__(self, eid, order_id):
+            self.headers = {"event-id": eid}
+            self.order_id = order_id
+            self.value = {"order_id": order_id}
+
+    ran = Counter()
+
+    @idempotent(store, key=lambda msg: msg.headers["event-id"], payload=lambda msg: msg.value)
+    def by_header(msg):
+        ran["h"] += 1
+        return msg.order_id
+
+    @idempotent(store, key="order_id")  # an attribute of the single argument
+    def by_attr(msg):
+        ran["a"] += 1
+        return msg.order_id
+
+    eid = uuid.uuid4().hex
+    assert by_header(Msg(eid, 1)) == by_header(Msg(eid, 1)) == 1
+    assert by_attr(Msg("x", eid)) == by_attr(Msg("y", eid)) == eid
+    assert ran == {"h": 1, "a": 1}
+    with pytest.raises(IdempotencyKeyMismatchError, match="different payload"):
+        by_header(Msg(eid, 2))
+
+
+def test_handler_failure_stores_nothing_and_the_retry_runs(store):
+    attempts = []
+
+    @idempotent(store, key="k")
+    def handle(k):
+        attempts.append(k)
+        if len(attempts) == 1:
+            raise ConnectionError("payment gateway down")
+        return "charged"
+
+    key = uuid.uuid4().hex
+    with pytest.raises(ConnectionError):
+        handle(key)
+    assert handle(key) == "charged" and handle(key) == "charged"
+    assert len(attempts) == 2
+
+
+def test_configured_failures_are_stored_and_replayed(store):
+    class CardDeclined(Exception):
+        pass
+
+    ran = []
+
+    @idempotent(store, key="k", store_exceptions=(CardDeclined,))
+    def handle(k):
+        ran.append(k)
+        raise CardDeclined("insufficient funds")
+
+    key = uuid.uuid4().hex
+    for _ in range(3):
+        with pytest.raises(CardDeclined, match="insufficient funds"):
+            handle(key)
+    assert len(ran) == 1
+
+
+def test_duplicate_while_in_progress_raises_or_waits(store):
+    started, release = threading.Event(), threading.Event()
+
+    @idempotent(store, key="k", scope=__name__ + ".slow_scope")
+    def slow(k):
+        started.set()
+        release.wait(10)
+        return "done"
+
+    @idempotent(store, key="k", wait_s=10, poll_s=0.01, scope=__name__ + ".slow_scope")
+    def patient(k):
+        raise AssertionError("must not run")
+
+    key = uuid.uuid4().hex
+    first = threading.Thread(target=slow, args=(key,))
+    first.start()
+    started.wait(5)
+    with pytest.raises(IdempotencyInProgressError, match="being processed"):
+        slow(key)
+    threading.Timer(0.3, release.set).start()
+    assert patient(key) == "done"  # waited for the first run's result
+    first.join()
+
+
+def test_records_expire_after_ttl(store, store_kind, request):
+    @idempotent(store, key="k", ttl_s=30)
+    def handle(k):
+        return 1
+
+    key = uuid.uuid4().hex
+    handle(key)
+    if store_kind == "redis":
+        pttl = request.getfixturevalue("redis_client").pttl(
+            store.record_key(f"{handle.__module__}.{handle.__qualname__}:{key}")
+        )
+        assert 25_000 < pttl <= 30_000
+    else:
+        from sqlalchemy import select
+
+        with store.engine.connect() as c:
+            row = c.execute(select(store.table).where(store.table.c.key.endswith(key))).one()
+        assert 25_000 < row.expires_at_ms - time.time() * 1000 <= 30_000
+        assert row.state == "C"
+
+
+def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
+    store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
+):
+    counter = f"{{{namespace}}}:runs"
+    key = f"order-{uuid.uuid4().hex}"
+    url = redis_url if store_kind == "redis" else database_url
+    schema = namespace if store_kind == "redis" else pg_schema
+    if store_kind == "redis":
+        store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    procs = [
+        ctx.Process(
+            target=deliver,
+            args=(store_kind, url, schema, redis_url, counter, key, 0.3, 60, start, str(tmp_path / f"p{i}")),
+        )
+        for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+
+    @idempotent(store, key="order_id", scope="charge")  # same scope as the child processes' handler
+    def handle(order_id: str) -> dict:
+        redis_client.incr(counter)
+        time.sleep(0.3)
+        return {"order": order_id, "charged": 100}
+
+    outcomes: list[str] = []
+
+    def thread_delivery() -> None:
+        start.wait(30)
+        try:
+            outcomes.append("result" if handle(key) == {"order": key, "charged": 100} else "wrong")
+        except IdempotencyInProgressError:
+            outcomes.append("in_progress")
+
+    threads = [threading.Thread(target=thread_delivery) for _ in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)  # let the children import and reach the barrier
+    start.set()
+    for t in threads:
+        t.join(30)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    outcomes += [(tmp_path / f"p{i}").read_text() for i in range(4)]
+    assert int(redis_client.get(counter)) == 1  # exactly one run among 24 concurrent deliveries
+    assert len(outcomes) == 24 and set(outcomes) <= {"result", "in_progress"}
+    assert outcomes.count("result") >= 1
+    redis_client.delete(counter)
+
+
+def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
+    store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
+):
+    counter = f"{{{namespace}}}:runs"
+    key = f"order-{uuid.uuid4().hex}"
+    url = redis_url if store_kind == "redis" else database_url
+    schema = namespace if store_kind == "redis" else pg_schema
+    ctx = multiprocessing.get_context("spawn")
+    victim = ctx.Process(
+        target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 60, 2.0, None, str(tmp_path / "victim"))
+    )
+    victim.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "victim.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join()
+
+    # within in_progress_ttl_s the dead owner's claim still holds: duplicates are refused
+    early = ctx.Process(
+        target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 0, 2.0, None, str(tmp_path / "early"))
+    )
+    early.start()
+    early.join(30)
+    assert (tmp_path / "early").read_text() == "in_progress"
+    assert time.monotonic() - killed_at < 2.0
+
+    time.sleep(max(0.0, 2.2 - (time.monotonic() - killed_at)))
+    start = ctx.Event()
+    procs = [
+        ctx.Process(
+            target=deliver,
+            args=(store_kind, url, schema, redis_url, counter, key, 0.5, 2.0, start, str(tmp_path / f"r{i}")),
+        )
+        for i in range(8)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)
+    start.set()
+    for p in procs:
+        p.join(60)
+    outcomes = [(tmp_path / f"r{i}").read_text() for i in range(8)]
+    assert int(redis_client.get(counter)) == 2  # the killed run + exactly one reclaiming redelivery
+    assert outcomes.count("result") >= 1 and set(outcomes) <= {"result", "in_progress"}
+    redis_client.delete(counter)
+
+
+def test_late_finisher_after_reclaim_does_not_overwrite(store):
+    key = uuid.uuid4().hex
+    gate = threading.Event()
+
+    @idempotent(store, key="k", in_progress_ttl_s=0.3, scope="job")
+    def slow(k):
+        gate.wait(10)
+        return "stale"
+
+    @idempotent(store, key="k", in_progress_ttl_s=0.3, scope="job")
+    def fresh(k):
+        return "fresh"
+
+    errors = []
+
+    def run_slow():
+        try:
+            slow(key)
+        except IdempotencyClaimLostError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run_slow)
+    t.start()
+    time.sleep(0.5)  # the slow run's claim is now stale
+    assert fresh(key) == "fresh"  # reclaimed and completed
+    gate.set()
+    t.join()
+    assert len(errors) == 1 and errors[0].result == "stale"
+    assert fresh(key) == "fresh" and slow(key) == "fresh"  # the stored result is the new owner's
+
+
+def test_store_unreachable_raises_by_default_or_runs_unguarded(private_redis):
+    store = RedisIdempotencyStore(redis.Redis.from_url(private_redis.url, socket_timeout=0.5), prefix="idem")
+    ran = []
+
+    @idempotent(store, key="k")
+    def strict(k):
+        ran.append("strict")
+        return 1
+
+    @idempotent(store, key="k", on_store_error="run")
+    def lenient(k):
+        ran.append("lenient")
+        return 2
+
+    assert strict("a") == 1
+    private_redis.stop()
+    with pytest.raises(IdempotencyStoreError, match="did not run"):
+        strict("b")
+    assert lenient("c") == 2 and lenient("c") == 2  # unguarded: ran twice
+    assert ran == ["strict", "lenient", "lenient"]
+
+
+async def test_async_handlers_work_the_same(async_redis_client, namespace):
+    store = RedisIdempotencyStore(async_redis_client, prefix=f"idem-{namespace}")
+    calls = []
+
+    @idempotent(store, key="k")
+    async def handle(k):
+        calls.append(k)
+        return {"when": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "n": 0}
+
+    import asyncio
+
+    key = uuid.uuid4().hex
+    outs = await asyncio.gather(*[handle(key) for _ in range(1)])
+    outs += [await handle(key), await handle(key)]
+    assert calls == [key] and outs[0] == outs[1] == outs[2]
