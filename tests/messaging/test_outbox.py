@@ -9,7 +9,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, 
 from sqlalchemy.orm import Session
 
 from distkit.errors import InvalidArgumentError, MessagingError, SerializationError
-from distkit.messaging import InMemoryBroker, Outbox, OutboxRelay
+from distkit.idempotency import SqlIdempotencyStore, idempotent
+from distkit.messaging import InMemoryBroker, Message, Outbox, OutboxRelay
 from tests.messaging.conftest import drain, uid
 
 
@@ -85,14 +86,17 @@ def test_relay_killed_before_marking_republishes_same_event_ids_in_key_order(set
 
     got = drain(broker, [topic], expect=50)
     assert len(got) == 50  # 20 published twice: at-least-once
-    seen: set[str] = set()
-    unique = []
+    handled: list[Message] = []
+
+    @idempotent(SqlIdempotencyStore(engine), key=lambda m: m.header("event-id"))  # how consumers dedupe
+    def consume(m: Message) -> int:
+        handled.append(m)
+        return m.value["seq"]
+
     for m in sorted(got, key=lambda m: (m.partition, m.offset)):
-        event_id = m.header("event-id")
-        if event_id not in seen:  # what an idempotent consumer does with the event-id header
-            seen.add(event_id)
-            unique.append(m)
-    assert len(unique) == 30
+        consume(m)
+    unique = handled
+    assert sorted(m.value["seq"] for m in unique) == list(range(30))
     for key in {m.key for m in unique}:  # per key (one partition): crashed batch, its replay, then the rest
         log = [m.value["seq"] for m in sorted(got, key=lambda m: m.offset) if m.key == key]
         first, rest = sorted({s for s in log if s < 20}), sorted(s for s in log if s >= 20)
