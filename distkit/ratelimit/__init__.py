@@ -1,1 +1,42 @@
-"""distkit.ratelimit (see docs/ratelimit.md)."""
+"""Rate limiting: token bucket, leaky bucket (meter and queue), fixed window, sliding window log and counter,
+each on a per-process memory backend or Redis (one Lua script, one round trip, Redis time).
+
+>>> from distkit.ratelimit import Rate, TokenBucket, MemoryBackend
+>>> limiter = TokenBucket(Rate(100, per_s=1.0), burst=20, backend=MemoryBackend())
+>>> d = limiter.acquire("user:42")
+>>> d.allowed, d.limit, d.remaining
+(True, 20, 19)
+
+See docs/ratelimit.md for choosing an algorithm, HTTP headers and failure policies.
+"""
+
+from distkit.errors import RateLimitExceeded
+from distkit.ratelimit.backends import AsyncRedisBackend, MemoryBackend, RedisBackend
+from distkit.ratelimit.decorator import qps_limit
+from distkit.ratelimit.limiter import (
+    FixedWindow,
+    LeakyBucket,
+    Limiter,
+    SlidingWindowCounter,
+    SlidingWindowLog,
+    TokenBucket,
+)
+from distkit.ratelimit.policy import FailurePolicy
+from distkit.ratelimit.rate import Decision, Rate
+
+__all__ = [
+    "AsyncRedisBackend",
+    "Decision",
+    "FailurePolicy",
+    "FixedWindow",
+    "LeakyBucket",
+    "Limiter",
+    "MemoryBackend",
+    "Rate",
+    "RateLimitExceeded",
+    "RedisBackend",
+    "SlidingWindowCounter",
+    "SlidingWindowLog",
+    "TokenBucket",
+    "qps_limit",
+]

@@ -1,0 +1,129 @@
+"""Where limiter state lives: this process (``MemoryBackend``) or Redis (``RedisBackend`` /
+``AsyncRedisBackend``: one Lua script per decision, one round trip, time from Redis ``TIME``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distkit._redis import Script, key
+from distkit.clock import Clock
+from distkit.ratelimit.algorithms import Params, Raw
+
+StepFn = Callable[[Any, int, int, Params], tuple[Any, Raw]]
+
+_SCRIPTS: dict[str, Script] = {}
+
+
+def script_for(name: str) -> Script:
+    if name not in _SCRIPTS:
+        _SCRIPTS[name] = Script("ratelimit", name)
+    return _SCRIPTS[name]
+
+
+def parse_raw(reply: Sequence[Any]) -> Raw:
+    return (int(reply[0]), int(reply[1]), float(reply[2]), float(reply[3]), float(reply[4]))
+
+
+class MemoryBackend:
+    """Per-process state, thread-safe. ``clock`` (unix ms) is for tests; default: the system clock."""
+
+    is_async = False
+    is_remote = False
+
+    def __init__(self, clock: Clock | None = None, *, max_keys: int = 100_000) -> None:
+        self._clock = clock
+        self._state: dict[str, tuple[float, Any]] = {}  # key -> (expires_at_us, state)
+        self._lock = threading.Lock()
+        self._max_keys = max_keys
+
+    def now_us(self) -> int:
+        return self._clock() * 1000 if self._clock is not None else time.time_ns() // 1000
+
+    def decide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
+        k = f"{algo}:{name}"
+        with self._lock:
+            now = self.now_us()
+            entry = self._state.get(k)
+            state = entry[1] if entry is not None and entry[0] > now else None
+            new_state, raw = step(state, now, cost, params)
+            if new_state is not None:
+                if len(self._state) >= self._max_keys:
+                    self._evict(now)
+                self._state[k] = (now + max(params.period_us, params.interval_us * params.limit) * 2, new_state)
+            return raw
+
+    def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Raw]:
+        return [self.decide(algo, step, name, cost, params) for name, cost in calls]
+
+    def _evict(self, now: int) -> None:
+        for k in [k for k, (exp, _) in self._state.items() if exp <= now]:
+            del self._state[k]
+        while len(self._state) >= self._max_keys:  # still full: drop the oldest insertions
+            del self._state[next(iter(self._state))]
+
+
+class RedisBackend:
+    """Redis (plain or Cluster). Keys are ``{prefix:<algorithm>:<name>}`` and always carry a PTTL.
+
+    ``clock`` makes the *client* supply the time instead of Redis ``TIME``: for deterministic tests only
+    (in production, client clocks skew; Redis time does not)."""
+
+    is_async = False
+    is_remote = True
+
+    def __init__(self, redis_client: Any, prefix: str = "rl", *, clock: Clock | None = None) -> None:
+        self.redis = redis_client
+        self.prefix = prefix
+        self._clock = clock
+
+    def key(self, algo: str, name: str) -> str:
+        return key(self.prefix, f"{algo}:{name}")
+
+    def _args(self, cost: int, params: Params) -> list[float | int | str]:
+        now: str | int = self._clock() * 1000 if self._clock is not None else ""
+        return [now, cost, *params.args()]
+
+    def decide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
+        return parse_raw(script_for(algo)(self.redis, [self.key(algo, name)], self._args(cost, params)))
+
+    def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Raw]:
+        replies = script_for(algo).many(self.redis, [([self.key(algo, n)], self._args(c, params)) for n, c in calls])
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return [parse_raw(r) for r in replies]
+
+    def get_config(self, name: str) -> bytes | None:
+        return self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]
+
+    def set_config(self, name: str, value: str, ttl_s: int) -> None:
+        self.redis.set(key(self.prefix, f"__rate__:{name}"), value, ex=ttl_s)
+
+
+class AsyncRedisBackend(RedisBackend):
+    """``RedisBackend`` over an asyncio client (``redis.asyncio``): limiter methods become awaitables."""
+
+    is_async = True
+
+    async def adecide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
+        return parse_raw(await script_for(algo).acall(self.redis, [self.key(algo, name)], self._args(cost, params)))
+
+    async def adecide_many(
+        self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params
+    ) -> list[Raw]:
+        replies = await script_for(algo).amany(
+            self.redis, [([self.key(algo, n)], self._args(c, params)) for n, c in calls]
+        )
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+        return [parse_raw(r) for r in replies]
+
+    async def aget_config(self, name: str) -> bytes | None:
+        return await self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]
+
+    async def aset_config(self, name: str, value: str, ttl_s: int) -> None:
+        await self.redis.set(key(self.prefix, f"__rate__:{name}"), value, ex=ttl_s)

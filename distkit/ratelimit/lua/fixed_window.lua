@@ -1,0 +1,23 @@
+-- Fixed window counter, mirroring algorithms.fixed_window. State: hash {w = window, c = count}.
+-- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, limit, period_us, interval_us, queue
+local now = tonumber(ARGV[1])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local cost, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local window = math.floor(now / period)
+local st = redis.call('HMGET', KEYS[1], 'w', 'c')
+local count = 0
+if st[1] and tonumber(st[1]) == window then count = tonumber(st[2]) end
+local reset = (window + 1) * period - now
+if count + cost <= limit then
+  if cost == 0 then
+    if count < limit then return {1, limit - count, '0', tostring(reset), '0'} end
+    return {0, limit - count, tostring(reset), tostring(reset), '0'}
+  end
+  redis.call('HSET', KEYS[1], 'w', window, 'c', count + cost)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1)
+  return {1, limit - count - cost, '0', tostring(reset), '0'}
+end
+return {0, limit - count, tostring(reset), tostring(reset), '0'}
