@@ -1,0 +1,209 @@
+"""Every algorithm, exact under a fake clock, on the memory backend and on real Redis (one suite)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from distkit.errors import InvalidRateError
+from distkit.ratelimit import (
+    FixedWindow,
+    LeakyBucket,
+    MemoryBackend,
+    Rate,
+    RedisBackend,
+    SlidingWindowCounter,
+    SlidingWindowLog,
+    TokenBucket,
+)
+from tests.fakeclock import FakeClock
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def backend_for(request, namespace):
+    """``backend_for(clock)`` → a backend of the parametrised kind driven by ``clock``."""
+
+    def make(clock):
+        if request.param == "memory":
+            return MemoryBackend(clock=clock)
+        client = request.getfixturevalue("redis_client" if request.param == "redis" else "redis_cluster")
+        return RedisBackend(client, prefix=namespace, clock=clock)
+
+    return make
+
+
+def approx(a, b):
+    return math.isclose(a, b, abs_tol=1e-6)
+
+
+def test_redis_cell_golden_values(backend_for, fake_clock):
+    # redis-cell: CL.THROTTLE key 15 30 60 -> allowed, limit 16, remaining 15, retry -1, reset 2
+    lim = LeakyBucket(Rate(30, per_s=60), capacity=16, backend=backend_for(fake_clock))
+    d = lim.acquire("user:1")
+    assert (d.allowed, d.limit, d.remaining) == (True, 16, 15)
+    assert approx(d.reset_after_s, 2.0) and d.retry_after_s == 0
+    for i in range(15):
+        assert lim.acquire("user:1").remaining == 14 - i
+    d = lim.acquire("user:1")
+    assert not d.allowed and d.remaining == 0 and approx(d.retry_after_s, 2.0)
+    fake_clock.advance(2000)
+    assert lim.acquire("user:1").allowed
+
+
+def test_token_bucket_refills_in_fractions(backend_for, fake_clock):
+    lim = TokenBucket(Rate(10, per_s=1.0), burst=5, backend=backend_for(fake_clock))
+    assert [lim.acquire("k").allowed for _ in range(6)] == [True] * 5 + [False]
+    d = lim.acquire("k")
+    assert approx(d.retry_after_s, 0.1)
+    fake_clock.advance(50)
+    d = lim.acquire("k")
+    assert not d.allowed and approx(d.retry_after_s, 0.05)
+    fake_clock.advance(50)
+    assert lim.acquire("k").allowed
+    fake_clock.advance(250)  # 2.5 tokens back: 2 usable
+    assert [lim.acquire("k").allowed for _ in range(3)] == [True, True, False]
+    assert lim.peek("k").remaining == 0
+    fake_clock.advance(10_000)
+    assert lim.peek("k").remaining == 5  # never more than the burst
+
+
+def test_fixed_window_edges(backend_for, fake_clock):
+    fake_clock.set(1_700_000_000_999)  # 1 ms before a window edge
+    lim = FixedWindow(Rate(3, per_s=1.0), backend=backend_for(fake_clock))
+    assert [lim.acquire("k").allowed for _ in range(4)] == [True, True, True, False]
+    d = lim.acquire("k")
+    assert approx(d.retry_after_s, 0.001) and approx(d.reset_after_s, 0.001)
+    fake_clock.advance(1)
+    d = lim.acquire("k")
+    assert d.allowed and d.remaining == 2 and approx(d.reset_after_s, 1.0)
+
+
+def test_sliding_window_log_is_exact(backend_for, fake_clock):
+    fake_clock.set(1_700_000_000_000)
+    lim = SlidingWindowLog(Rate(3, per_s=1.0), backend=backend_for(fake_clock))
+    for step in (0, 500, 400):
+        fake_clock.advance(step)
+        assert lim.acquire("k").allowed
+    fake_clock.advance(99)  # t = 999 ms: three in the last second
+    d = lim.acquire("k")
+    assert not d.allowed and approx(d.retry_after_s, 0.001)
+    fake_clock.advance(1)  # t = 1000: the first one left the window
+    assert lim.acquire("k").allowed
+    assert not lim.acquire("k").allowed
+
+
+def test_sliding_window_counter_weights_the_previous_window(backend_for, fake_clock):
+    fake_clock.set(1_700_000_000_000)
+    lim = SlidingWindowCounter(Rate(10, per_s=1.0), backend=backend_for(fake_clock))
+    assert sum(lim.acquire("k").allowed for _ in range(12)) == 10
+    fake_clock.advance(1500)  # half-way through the next window: previous counts 10 * 0.5 = 5
+    assert sum(lim.acquire("k").allowed for _ in range(12)) == 5
+    d = lim.acquire("k")
+    assert not d.allowed and d.retry_after_s > 0
+
+
+def test_queue_mode_spaces_requests_exactly(backend_for, fake_clock):
+    lim = LeakyBucket(Rate(10, per_s=1.0), capacity=11, mode="queue", backend=backend_for(fake_clock))
+    decisions = [lim.acquire("k") for _ in range(12)]
+    assert all(d.allowed for d in decisions[:11]) and not decisions[11].allowed
+    assert [round(d.delay_s, 6) for d in decisions[:11]] == [round(i * 0.1, 6) for i in range(11)]
+    assert decisions[11].retry_after_s > 0
+
+
+def test_cost_rules(backend_for, fake_clock):
+    lim = TokenBucket(Rate(10, per_s=1.0), burst=5, backend=backend_for(fake_clock))
+    with pytest.raises(InvalidRateError, match="exceeds the limit 5"):
+        lim.acquire("k", cost=6)
+    with pytest.raises(ValueError):
+        lim.acquire("k", cost=-1)
+    assert lim.acquire("k", cost=3).remaining == 2
+    peek = lim.peek("k")
+    assert peek.remaining == 2 and lim.peek("k").remaining == 2  # cost 0 changes nothing
+    assert not lim.acquire("k", cost=3).allowed and lim.acquire("k", cost=2).allowed
+
+
+def test_acquire_many_is_one_batch_with_the_same_answers(backend_for, fake_clock):
+    lim = FixedWindow(Rate(3, per_s=60), backend=backend_for(fake_clock))
+    ds = lim.acquire_many([("a", 1), ("b", 3), ("a", 2), ("a", 1)])
+    assert [d.allowed for d in ds] == [True, True, True, False]
+    assert [d.remaining for d in ds] == [2, 0, 0, 0]
+
+
+def test_invalid_rates():
+    for bad in [(0, 1.0), (5, 0), (5, -1), (1.5, 1.0), (True, 1.0)]:
+        with pytest.raises(InvalidRateError):
+            Rate(*bad)
+    with pytest.raises(InvalidRateError):
+        TokenBucket(Rate(5), burst=0)
+    with pytest.raises(InvalidRateError):
+        LeakyBucket(Rate(5), capacity=3, mode="drop")
+
+
+def test_headers():
+    lim = FixedWindow(Rate(2, per_s=60))
+    lim.acquire("k")
+    ok = lim.acquire("k")
+    assert ok.headers()["RateLimit-Policy"] == '"default";q=2;w=60'
+    assert ok.headers()["X-RateLimit-Remaining"] == "0" and "Retry-After" not in ok.headers()
+    denied = lim.acquire("k").headers()
+    assert int(denied["Retry-After"]) >= 1 and denied["RateLimit"].startswith('"default";r=0;t=')
+
+
+@st.composite
+def arrivals(draw):
+    gaps = draw(st.lists(st.integers(0, 400), min_size=1, max_size=300))
+    costs = draw(st.lists(st.integers(1, 3), min_size=len(gaps), max_size=len(gaps)))
+    return list(zip(gaps, costs))
+
+
+@given(arrivals())
+@settings(max_examples=150, deadline=None)
+def test_sliding_log_never_allows_more_than_n_in_any_window(seq):
+    clock = FakeClock(1_700_000_000_000)
+    n, period = 5, 1000
+    lim = SlidingWindowLog(Rate(n, per_s=period / 1000), backend=MemoryBackend(clock=clock))
+    granted: list[int] = []
+    for gap, cost in seq:
+        clock.advance(gap)
+        if lim.acquire("k", cost=cost).allowed:
+            granted += [clock()] * cost
+    for i, t in enumerate(granted):  # every window (t - period, t] ending at a grant
+        assert sum(1 for u in granted[: i + 1] if u > t - period) <= n
+
+
+@given(arrivals())
+@settings(max_examples=150, deadline=None)
+def test_sliding_counter_never_allows_more_than_2n_in_any_window(seq):
+    clock = FakeClock(1_700_000_000_000)
+    n, period = 5, 1000
+    lim = SlidingWindowCounter(Rate(n, per_s=1.0), backend=MemoryBackend(clock=clock))
+    granted: list[int] = []
+    for gap, cost in seq:
+        clock.advance(gap)
+        if lim.acquire("k", cost=cost).allowed:
+            granted += [clock()] * cost
+    for i, t in enumerate(granted):
+        assert sum(1 for u in granted[: i + 1] if u > t - period) <= 2 * n
+
+
+@given(st.integers(50, 400), st.integers(0, 999))
+@settings(max_examples=25, deadline=None)
+def test_sliding_counter_is_within_one_percent_on_smooth_traffic(rate_per_s, phase_ms):
+    clock = FakeClock(1_700_000_000_000 + phase_ms)
+    n = 100
+    counter = SlidingWindowCounter(Rate(n, per_s=1.0), backend=MemoryBackend(clock=clock))
+    exact = SlidingWindowLog(Rate(n, per_s=1.0), backend=MemoryBackend(clock=clock))
+    gap_us = 1_000_000 / rate_per_s
+    got_counter = got_exact = 0
+    t_us = 0.0
+    for i in range(rate_per_s * 12):  # twelve seconds of evenly spaced requests; compare the last ten
+        t_us += gap_us
+        clock.set(1_700_000_000_000 + phase_ms + int(t_us // 1000))
+        c, e = counter.acquire("k").allowed, exact.acquire("k").allowed
+        if i >= rate_per_s * 2:
+            got_counter += c
+            got_exact += e
+    assert abs(got_counter - got_exact) <= 0.01 * got_exact + 1
