@@ -80,7 +80,7 @@ class RedisBackend:
         self._clock = clock
 
     def key(self, algo: str, name: str) -> str:
-        return key(self.prefix, f"{algo}:{name}")
+        return key(self.prefix, name)  # name = "<limiter name>:<user key>", unique per limiter
 
     def _args(self, cost: int, params: Params) -> list[float | int | str]:
         now: str | int = self._clock() * 1000 if self._clock is not None else ""

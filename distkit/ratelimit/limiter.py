@@ -40,7 +40,12 @@ class Limiter:
     """Base of every limiter; see the subclasses for the algorithms."""
 
     algorithm: str = ""
+    kind: str = ""
     _step: StepFn
+
+    @staticmethod
+    def limit_of(limit: int | None, rate: Rate) -> int:
+        return limit if limit is not None else rate.count
 
     def __init__(
         self,
@@ -59,7 +64,9 @@ class Limiter:
         self.rate = rate
         self.backend: Any = backend if backend is not None else MemoryBackend()
         self.on_backend_error = on_backend_error
-        self.name = name or self.algorithm
+        # the name scopes the keys (two limiters never share state) and the dynamic-rate config; the default
+        # includes the initial rate, like `limits`, so it is stable across set_rate()
+        self.name = name or f"{self.kind}:{rate.count}/{rate.per_s:g}s:{self.limit_of(limit, rate)}"
         self._fixed_limit = limit
         self._queue = queue
         self._fallback: MemoryBackend | None = None
@@ -76,6 +83,14 @@ class Limiter:
         return Params(
             limit=self.limit, period_us=self.rate.period_us, interval_us=self.rate.interval_us, queue=self._queue
         )
+
+    def _scoped(self, key: str) -> str:
+        if not isinstance(key, str) or not key:
+            raise InvalidRateError(f"rate-limit key must be a non-empty string, got {key!r}")
+        return f"{self.name}:{key}"
+
+    def _scoped_many(self, requests: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+        return [(self._scoped(k), c) for k, c in requests]
 
     def _check_cost(self, cost: int) -> None:
         if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
@@ -125,7 +140,7 @@ class Limiter:
             return self._aacquire(key, cost)
         self._refresh_config()
         try:
-            raw = self.backend.decide(self.algorithm, type(self)._step, key, cost, self.params())
+            raw = self.backend.decide(self.algorithm, type(self)._step, self._scoped(key), cost, self.params())
         except self._errors as exc:
             return self._on_error(exc, key, cost)
         return self._finish(raw)
@@ -133,7 +148,7 @@ class Limiter:
     async def _aacquire(self, key: str, cost: int) -> Decision:
         await self._arefresh_config()
         try:
-            raw = await self.backend.adecide(self.algorithm, type(self)._step, key, cost, self.params())
+            raw = await self.backend.adecide(self.algorithm, type(self)._step, self._scoped(key), cost, self.params())
         except self._errors as exc:
             return self._on_error(exc, key, cost)
         return self._finish(raw)
@@ -150,7 +165,9 @@ class Limiter:
             return self._aacquire_many(requests)
         self._refresh_config()
         try:
-            raws = self.backend.decide_many(self.algorithm, type(self)._step, list(requests), self.params())
+            raws = self.backend.decide_many(
+                self.algorithm, type(self)._step, self._scoped_many(requests), self.params()
+            )
         except self._errors as exc:
             return [self._on_error(exc, k, c) for k, c in requests]
         return [self._finish(r) for r in raws]
@@ -158,7 +175,9 @@ class Limiter:
     async def _aacquire_many(self, requests: Sequence[tuple[str, int]]) -> list[Decision]:
         await self._arefresh_config()
         try:
-            raws = await self.backend.adecide_many(self.algorithm, type(self)._step, list(requests), self.params())
+            raws = await self.backend.adecide_many(
+                self.algorithm, type(self)._step, self._scoped_many(requests), self.params()
+            )
         except self._errors as exc:
             return [self._on_error(exc, k, c) for k, c in requests]
         return [self._finish(r) for r in raws]
@@ -299,6 +318,7 @@ class FixedWindow(Limiter):
     """At most ``rate.count`` per calendar window of ``rate.per_s`` (cheap; allows 2N across a boundary)."""
 
     algorithm = "fixed_window"
+    kind = "fixed_window"
     _step = staticmethod(algorithms.fixed_window)
 
 
@@ -306,6 +326,7 @@ class SlidingWindowLog(Limiter):
     """Exact: never more than ``rate.count`` in *any* window of ``rate.per_s`` (keeps ≤ N timestamps)."""
 
     algorithm = "sliding_window_log"
+    kind = "sliding_window_log"
     _step = staticmethod(algorithms.sliding_window_log)
 
 
@@ -313,4 +334,5 @@ class SlidingWindowCounter(Limiter):
     """O(1) approximation of the sliding window (Cloudflare): weighted previous window + current window."""
 
     algorithm = "sliding_window_counter"
+    kind = "sliding_window_counter"
     _step = staticmethod(algorithms.sliding_window_counter)

@@ -31,7 +31,7 @@ def make(kind: str, url: str, prefix: str, algo: str):
 
 
 def hammer(
-    url: str, prefix: str, algo: str, key: str, threads: int, per_thread: int, seconds: float, start_evt, out: str
+    url: str, prefix: str, algo: str, key: str, threads: int, per_thread: int, seconds: float, out: str, start_evt
 ) -> None:
     limiter = make("redis", url, prefix, algo)
     allowed = [0] * threads
