@@ -7,6 +7,7 @@ Python function, the Redis backends the script. Every function returns ``(new_st
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -24,8 +25,15 @@ class Params:
     interval_us: float
     queue: bool = False
 
-    def args(self) -> list[float | int]:
-        return [self.limit, self.period_us, self.interval_us, 1 if self.queue else 0]
+    @property
+    def ttl_us(self) -> float:
+        """How long state stays meaningful: two periods (sliding counter) or the bucket's drain time."""
+        return 2 * max(self.period_us, self.interval_us * self.limit)
+
+    @functools.cached_property
+    def args(self) -> list[bytes]:
+        """The scripts' third argument: all parameters packed in one value (fewer bytes to encode per call)."""
+        return [f"{self.limit} {self.period_us} {self.interval_us!r} {1 if self.queue else 0}".encode()]
 
 
 def gcra(state: Any, now: int, cost: int, p: Params) -> tuple[Any, Raw]:

@@ -23,8 +23,10 @@ def script_for(name: str) -> Script:
     return _SCRIPTS[name]
 
 
-def parse_raw(reply: Sequence[Any]) -> Raw:
-    return (int(reply[0]), int(reply[1]), float(reply[2]), float(reply[3]), float(reply[4]))
+def parse_raw(reply: bytes) -> Raw:
+    """The scripts answer five integers in one string (times in µs, rounded up): one bulk reply to parse."""
+    a, b, c, d, e = reply.split()
+    return (int(a), int(b), float(c), float(d), float(e))
 
 
 class MemoryBackend:
@@ -52,7 +54,7 @@ class MemoryBackend:
             if new_state is not None:
                 if len(self._state) >= self._max_keys:
                     self._evict(now)
-                self._state[k] = (now + max(params.period_us, params.interval_us * params.limit) * 2, new_state)
+                self._state[k] = (now + params.ttl_us, new_state)
             return raw
 
     def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Raw]:
@@ -78,13 +80,15 @@ class RedisBackend:
         self.redis = redis_client
         self.prefix = prefix
         self._clock = clock
+        key(prefix, "x")  # validates the prefix once
 
     def key(self, algo: str, name: str) -> str:
-        return key(self.prefix, name)  # name = "<limiter name>:<user key>", unique per limiter
+        # name = "<limiter name>:<user key>" (unique per limiter); same shape as distkit._redis.key, inlined
+        return f"{{{self.prefix}:{name}}}"
 
-    def _args(self, cost: int, params: Params) -> list[float | int | str]:
+    def _args(self, cost: int, params: Params) -> list[bytes | int | str]:
         now: str | int = self._clock() * 1000 if self._clock is not None else ""
-        return [now, cost, *params.args()]
+        return [now, cost, *params.args]
 
     def decide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
         return parse_raw(script_for(algo)(self.redis, [self.key(algo, name)], self._args(cost, params)))

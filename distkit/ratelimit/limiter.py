@@ -36,6 +36,13 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
         return (OSError,)
 
 
+class _CachedParams:
+    __slots__ = ("params", "rate")
+
+    def __init__(self, rate: Rate, params: Params) -> None:
+        self.rate, self.params = rate, params
+
+
 class Limiter:
     """Base of every limiter; see the subclasses for the algorithms."""
 
@@ -72,6 +79,7 @@ class Limiter:
         self._fallback: MemoryBackend | None = None
         self._config_checked = 0.0
         self._errors = _backend_errors()
+        self._params: _CachedParams | None = None
 
     # -- parameters --------------------------------------------------------------------------------
     @property
@@ -80,12 +88,17 @@ class Limiter:
         return self._fixed_limit if self._fixed_limit is not None else self.rate.count
 
     def params(self) -> Params:
-        return Params(
-            limit=self.limit, period_us=self.rate.period_us, interval_us=self.rate.interval_us, queue=self._queue
-        )
+        """The script parameters, cached until the rate changes (hot path)."""
+        p = self._params
+        if p is None or p.rate is not self.rate:
+            params = Params(
+                limit=self.limit, period_us=self.rate.period_us, interval_us=self.rate.interval_us, queue=self._queue
+            )
+            p = self._params = _CachedParams(self.rate, params)
+        return p.params
 
     def _scoped(self, key: str) -> str:
-        if not isinstance(key, str) or not key:
+        if key.__class__ is not str or not key:
             raise InvalidRateError(f"rate-limit key must be a non-empty string, got {key!r}")
         return f"{self.name}:{key}"
 
@@ -93,6 +106,8 @@ class Limiter:
         return [(self._scoped(k), c) for k, c in requests]
 
     def _check_cost(self, cost: int) -> None:
+        if cost.__class__ is int and 0 <= cost <= self.limit:
+            return
         if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
             raise InvalidRateError(f"cost must be an int >= 0 (0 = peek), got {cost!r}")
         if cost > self.limit:
@@ -105,14 +120,14 @@ class Limiter:
     def _finish(self, raw: Raw, fallback: str = "") -> Decision:
         allowed, remaining, retry_us, reset_us, delay_us = raw
         d = Decision(
-            allowed=bool(allowed),
-            limit=self.limit,
-            remaining=max(0, remaining),
-            retry_after_s=max(0.0, retry_us) / 1e6,
-            reset_after_s=max(0.0, reset_us) / 1e6,
-            delay_s=max(0.0, delay_us) / 1e6,
-            window_s=self.rate.per_s,
-            fallback=fallback,
+            allowed == 1,
+            self.limit,
+            remaining if remaining > 0 else 0,
+            retry_us / 1e6 if retry_us > 0 else 0.0,
+            reset_us / 1e6 if reset_us > 0 else 0.0,
+            delay_us / 1e6 if delay_us > 0 else 0.0,
+            self.rate.per_s,
+            fallback,
         )
         record_decision(self.name, d)
         return d

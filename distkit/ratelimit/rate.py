@@ -38,7 +38,7 @@ class Rate:
         return {"count": self.count, "per_s": self.per_s}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """One limiter answer. ``limit`` is the number of requests allowed at once (burst/capacity for buckets,
     the window's count for windows); ``delay_s`` is how long an allowed request must wait before it runs

@@ -1,11 +1,14 @@
 -- Fixed window counter, mirroring algorithms.fixed_window. State: hash {w = window, c = count}.
--- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, limit, period_us, interval_us, queue
+-- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue'
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local cost, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local P_LIMIT, P_PERIOD, P_T, P_QUEUE = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+)')
+P_LIMIT, P_PERIOD, P_T = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T)
+local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end
+local cost, limit, period = tonumber(ARGV[2]), P_LIMIT, P_PERIOD
 local window = math.floor(now / period)
 local st = redis.call('HMGET', KEYS[1], 'w', 'c')
 local count = 0
@@ -13,11 +16,11 @@ if st[1] and tonumber(st[1]) == window then count = tonumber(st[2]) end
 local reset = (window + 1) * period - now
 if count + cost <= limit then
   if cost == 0 then
-    if count < limit then return {1, limit - count, '0', tostring(reset), '0'} end
-    return {0, limit - count, tostring(reset), tostring(reset), '0'}
+    if count < limit then return R(1, limit - count, 0, math.ceil(reset), 0) end
+    return R(0, limit - count, math.ceil(reset), math.ceil(reset), 0)
   end
   redis.call('HSET', KEYS[1], 'w', window, 'c', count + cost)
   redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1)
-  return {1, limit - count - cost, '0', tostring(reset), '0'}
+  return R(1, limit - count - cost, 0, math.ceil(reset), 0)
 end
-return {0, limit - count, tostring(reset), tostring(reset), '0'}
+return R(0, limit - count, math.ceil(reset), math.ceil(reset), 0)

@@ -1,29 +1,32 @@
 -- GCRA (token bucket / leaky bucket), mirroring distkit.ratelimit.algorithms.gcra. State: TAT in µs.
--- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, limit, period_us, interval_us, queue(0|1)
--- Returns {allowed, remaining, retry_after_us, reset_after_us, delay_us} (floats as strings)
+-- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue(0|1)'
+-- Returns 'allowed remaining retry_after_us reset_after_us delay_us' (times in whole µs, rounded up)
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local cost, limit, t = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+local P_LIMIT, P_PERIOD, P_T, P_QUEUE = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+)')
+P_LIMIT, P_PERIOD, P_T = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T)
+local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end
+local cost, limit, t = tonumber(ARGV[2]), P_LIMIT, P_T
 local dvt = t * limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local function store(new_tat)
   redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 end
-if ARGV[6] == '1' then
+if P_QUEUE == '1' then
   local delay = tat - now
   local new_tat = tat + t * cost
   if cost == 0 then
-    return {1, math.max(0, math.floor((dvt - delay) / t)), '0', tostring(delay), tostring(delay)}
+    return R(1, math.max(0, math.floor((dvt - delay) / t)), 0, math.ceil(delay), math.ceil(delay))
   end
   if new_tat - now <= dvt then
     store(new_tat)
-    return {1, math.max(0, math.floor((dvt - (new_tat - now)) / t)), '0', tostring(new_tat - now), tostring(delay)}
+    return R(1, math.max(0, math.floor((dvt - (new_tat - now)) / t)), 0, math.ceil(new_tat - now), math.ceil(delay))
   end
-  return {0, math.max(0, math.floor((dvt - delay) / t)), tostring(new_tat - now - dvt), tostring(delay), '0'}
+  return R(0, math.max(0, math.floor((dvt - delay) / t)), math.ceil(new_tat - now - dvt), math.ceil(delay), 0)
 end
 local remaining_now = math.max(0, math.min(limit, math.floor((now - (tat - dvt)) / t)))
 if cost == 0 then
@@ -31,12 +34,12 @@ if cost == 0 then
   if remaining_now < 1 then retry = tat - dvt + t - now end
   local ok = 0
   if remaining_now >= 1 then ok = 1 end
-  return {ok, remaining_now, tostring(retry), tostring(tat - now), '0'}
+  return R(ok, remaining_now, math.ceil(retry), math.ceil(tat - now), 0)
 end
 local new_tat = tat + t * cost
 local diff = now - (new_tat - dvt)
 if diff < 0 then
-  return {0, remaining_now, tostring(-diff), tostring(tat - now), '0'}
+  return R(0, remaining_now, math.ceil(-diff), math.ceil(tat - now), 0)
 end
 store(new_tat)
-return {1, math.floor(diff / t), '0', tostring(new_tat - now), '0'}
+return R(1, math.floor(diff / t), 0, math.ceil(new_tat - now), 0)

@@ -1,11 +1,14 @@
 -- Sliding window counter, mirroring algorithms.sliding_window_counter. State: hash {w, c (current), p (previous)}.
--- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, limit, period_us, interval_us, queue
+-- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue'
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local cost, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local P_LIMIT, P_PERIOD, P_T, P_QUEUE = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+)')
+P_LIMIT, P_PERIOD, P_T = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T)
+local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end
+local cost, limit, period = tonumber(ARGV[2]), P_LIMIT, P_PERIOD
 local window = math.floor(now / period)
 local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
 local cur, prev = 0, 0
@@ -21,13 +24,13 @@ if cur > 0 then reset = reset + period end
 if cost > 0 and estimate + cost <= limit then
   redis.call('HSET', KEYS[1], 'w', window, 'c', cur + cost, 'p', prev)
   redis.call('PEXPIRE', KEYS[1], math.ceil((2 * period - elapsed) / 1000) + 1)
-  return {1, math.max(0, math.floor(limit - estimate - cost)), '0', tostring(reset), '0'}
+  return R(1, math.max(0, math.floor(limit - estimate - cost)), 0, math.ceil(reset), 0)
 end
 local remaining = math.max(0, math.floor(limit - estimate))
 if cost == 0 then
   local ok = 0
   if remaining >= 1 then ok = 1 end
-  return {ok, remaining, '0', tostring(reset), '0'}
+  return R(ok, remaining, 0, math.ceil(reset), 0)
 end
 local room = limit - cur - cost
 local retry
@@ -38,4 +41,4 @@ else
   retry = period - elapsed
   if cur > 0 and nxt < cur then retry = retry + period * (1 - nxt / cur) end
 end
-return {0, remaining, tostring(math.max(1, retry)), tostring(reset), '0'}
+return R(0, remaining, math.ceil(math.max(1, retry)), math.ceil(reset), 0)

@@ -1,12 +1,15 @@
 -- Exact sliding window log, mirroring algorithms.sliding_window_log. State: list of µs timestamps, newest first,
 -- at most `limit` long; expired entries are trimmed from the tail (amortised O(1) per call).
--- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, limit, period_us, interval_us, queue
+-- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue'
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local cost, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local P_LIMIT, P_PERIOD, P_T, P_QUEUE = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+)')
+P_LIMIT, P_PERIOD, P_T = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T)
+local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end
+local cost, limit, period = tonumber(ARGV[2]), P_LIMIT, P_PERIOD
 local horizon = now - period
 while true do
   local tail = redis.call('LINDEX', KEYS[1], -1)
@@ -20,13 +23,13 @@ if n + cost <= limit then
   if cost == 0 then
     local ok = 0
     if n < limit then ok = 1 end
-    return {ok, limit - n, '0', tostring(reset), '0'}
+    return R(ok, limit - n, 0, math.ceil(reset), 0)
   end
   local stamp = string.format('%d', now)
   for _ = 1, cost do redis.call('LPUSH', KEYS[1], stamp) end
   redis.call('PEXPIRE', KEYS[1], math.ceil(period / 1000) + 1)
-  return {1, limit - n - cost, '0', tostring(period), '0'}
+  return R(1, limit - n - cost, 0, math.ceil(period), 0)
 end
 local needed = n + cost - limit
 local retry = tonumber(redis.call('LINDEX', KEYS[1], -needed)) + period - now
-return {0, limit - n, tostring(retry), tostring(reset), '0'}
+return R(0, limit - n, math.ceil(retry), math.ceil(reset), 0)

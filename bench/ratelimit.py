@@ -1,0 +1,178 @@
+"""Rate-limit decisions/s: distkit vs the `limits` package and a raw GCRA Lua script, same run, same Redis."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from typing import Any
+
+from bench._table import Row, print_table, rate
+from distkit.ratelimit import (
+    FixedWindow,
+    LeakyBucket,
+    MemoryBackend,
+    Rate,
+    RedisBackend,
+    SlidingWindowCounter,
+    SlidingWindowLog,
+    TokenBucket,
+)
+
+RAW_GCRA = """
+local t = redis.call('TIME'); local now = t[1] * 1000000 + t[2]
+local tat = tonumber(redis.call('GET', KEYS[1]) or now); if tat < now then tat = now end
+local interval, dvt = tonumber(ARGV[1]), tonumber(ARGV[2])
+local new_tat = tat + interval
+if now < new_tat - dvt then return 0 end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return 1
+"""
+
+
+def _keys(prefix: str) -> Any:
+    counter = itertools.count()
+    return lambda: f"{prefix}{next(counter) % 1000}"
+
+
+def main() -> None:
+    url = os.environ.get("DISTKIT_REDIS_URL")
+    if not url:
+        print("DISTKIT_REDIS_URL is not set; skipping the rate-limit benchmark (run `make bench`)")
+        return
+    import redis
+    from limits import RateLimitItemPerSecond, storage, strategies
+
+    r = redis.Redis.from_url(url)
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    backend = RedisBackend(r, prefix=ns)
+    item = RateLimitItemPerSecond(1000, 1)
+    lstore = storage.RedisStorage(url)
+    mstore = storage.MemoryStorage()
+    big = Rate(1000, per_s=1.0)
+    rows: list[Row] = []
+
+    def pair(work: str, peer_name: str, peer: Any, ours_name: str, ours: Any) -> None:
+        k1, k2 = _keys("p"), _keys("d")
+        rows.append(Row(work, peer_name, rate(lambda: peer(k1())), "decisions/s"))
+        rows.append(Row(work, ours_name, rate(lambda: ours(k2())), "decisions/s"))
+
+    fw_limits = strategies.FixedWindowRateLimiter(lstore)
+    mw_limits = strategies.MovingWindowRateLimiter(lstore)
+    sw_limits = strategies.SlidingWindowCounterRateLimiter(lstore)
+    pair(
+        "Redis fixed window",
+        "limits FixedWindow",
+        lambda k: fw_limits.hit(item, k),
+        "distkit FixedWindow",
+        FixedWindow(big, backend=backend).acquire,
+    )
+    pair(
+        "Redis sliding log (exact)",
+        "limits MovingWindow",
+        lambda k: mw_limits.hit(item, k),
+        "distkit SlidingWindowLog",
+        SlidingWindowLog(big, backend=backend).acquire,
+    )
+    pair(
+        "Redis sliding counter",
+        "limits SlidingWindowCounter",
+        lambda k: sw_limits.hit(item, k),
+        "distkit SlidingWindowCounter",
+        SlidingWindowCounter(big, backend=backend).acquire,
+    )
+    gcra = r.register_script(RAW_GCRA)
+    pair(
+        "Redis GCRA / token bucket",
+        "raw GCRA Lua (redis-py)",
+        lambda k: gcra(keys=[f"{{{ns}}}:raw:{k}"], args=[1000, 1_000_000]),
+        "distkit TokenBucket",
+        TokenBucket(big, burst=1000, backend=backend).acquire,
+    )
+    leaky = LeakyBucket(big, capacity=1000, backend=backend)
+    k3 = _keys("l")
+    rows.append(
+        Row(
+            "Redis GCRA / token bucket", "distkit LeakyBucket (meter)", rate(lambda: leaky.acquire(k3())), "decisions/s"
+        )
+    )
+
+    tb = TokenBucket(Rate(10**9, per_s=1.0), burst=10**6, backend=backend, name="many")
+    batch = [(f"user:{i}", 1) for i in range(1000)]
+    pipe = r.register_script(RAW_GCRA)
+
+    def raw_pipelined() -> None:
+        p = r.pipeline(transaction=False)
+        for k, _ in batch:
+            pipe(keys=[f"{{{ns}}}:rawp:{k}"], args=[1, 1_000_000], client=p)
+        p.execute()
+
+    rows.append(
+        Row(
+            "Redis batch of 1000",
+            "raw GCRA Lua, pipelined",
+            rate(raw_pipelined, per_call=1000, warmup=2),
+            "decisions/s",
+        )
+    )
+    rows.append(
+        Row(
+            "Redis batch of 1000",
+            "distkit acquire_many",
+            rate(lambda: tb.acquire_many(batch), per_call=1000, warmup=2),
+            "decisions/s",
+            "goal >= 50k/s",
+        )
+    )
+
+    for limit in (10, 100_000):  # an exact log must not cost O(limit) per decision
+        log = SlidingWindowLog(Rate(limit, per_s=60), backend=backend, name=f"flat{limit}")
+        for _ in range(limit // min(limit, 1000)):
+            log.acquire("full", cost=min(limit, 1000))
+        t0 = time.perf_counter()
+        for _ in range(2000):
+            log.acquire("full")
+        rows.append(
+            Row(
+                "SlidingWindowLog latency, full window",
+                f"distkit, limit {limit:,}",
+                (time.perf_counter() - t0) / 2000 * 1000,
+                "ms",
+            )
+        )
+
+    mfw = strategies.FixedWindowRateLimiter(mstore)
+    mmw = strategies.MovingWindowRateLimiter(mstore)
+    msw = strategies.SlidingWindowCounterRateLimiter(mstore)
+    mem = MemoryBackend()
+    pair(
+        "memory fixed window",
+        "limits FixedWindow",
+        lambda k: mfw.hit(item, k),
+        "distkit FixedWindow",
+        FixedWindow(big, backend=mem).acquire,
+    )
+    pair(
+        "memory sliding log (exact)",
+        "limits MovingWindow",
+        lambda k: mmw.hit(item, k),
+        "distkit SlidingWindowLog",
+        SlidingWindowLog(big, backend=mem).acquire,
+    )
+    pair(
+        "memory sliding counter",
+        "limits SlidingWindowCounter",
+        lambda k: msw.hit(item, k),
+        "distkit SlidingWindowCounter",
+        SlidingWindowCounter(big, backend=mem).acquire,
+    )
+    mtb, k4 = TokenBucket(big, backend=mem), _keys("t")
+    rows.append(Row("memory token bucket", "distkit TokenBucket", rate(lambda: mtb.acquire(k4())), "decisions/s"))
+    for k in r.scan_iter(match=f"*{ns}*", count=1000):
+        r.delete(k)
+    print_table("ratelimit (one sync connection, same run; ratio vs the first row of each group)", rows)
+
+
+if __name__ == "__main__":
+    main()
