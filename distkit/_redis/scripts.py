@@ -27,6 +27,19 @@ def is_cluster(client: Any) -> bool:
     return hasattr(client, "get_nodes") and hasattr(client, "nodes_manager")
 
 
+def _load(module: str, name: str) -> str:
+    """The script's text, with each ``--@include <other>`` line replaced by ``lua/<other>.lua`` of the same
+    module (shared preambles without copy-paste; the server still sees one self-contained script)."""
+    text = resources.files(f"distkit.{module}").joinpath(f"lua/{name}.lua").read_text("utf-8")
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("--@include "):
+            lines.append(_load(module, line.split(maxsplit=1)[1].strip()))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 class Script:
     """One Lua script of a distkit module, with sync and async callers sharing the same source and SHA."""
 
@@ -34,7 +47,7 @@ class Script:
 
     def __init__(self, module: str, name: str) -> None:
         self.name = f"{module}/{name}"
-        self.source = resources.files(f"distkit.{module}").joinpath(f"lua/{name}.lua").read_text("utf-8")
+        self.source = _load(module, name)
         self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
 
     def __repr__(self) -> str:

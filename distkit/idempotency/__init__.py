@@ -9,8 +9,9 @@ See docs/idempotency.md: which guard when (SET NX vs unique index vs inbox), and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from distkit._lazy import lazy_getattr
 from distkit.idempotency.codec import JsonCodec, ResultCodec
 from distkit.idempotency.decorator import idempotent
 from distkit.idempotency.record import BeginResult, Outcome
@@ -34,11 +35,4 @@ __all__ = [
 ]
 
 _LAZY = {"Inbox": "distkit.idempotency.inbox", "SqlIdempotencyStore": "distkit.idempotency.stores.sql"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'distkit.idempotency' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -11,8 +11,9 @@ See docs/idgen.md for choosing Snowflake vs Butterfly, layouts, rollback policie
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from distkit._lazy import lazy_getattr
 from distkit.idgen.generator import Butterfly, IdGenerator, RollbackPolicy, Snowflake
 from distkit.idgen.layout import BUTTERFLY, DEFAULT_EPOCH_MS, SNOWFLAKE, TWITTER_EPOCH_MS, IdParts, Layout, decode
 from distkit.idgen.lease.base import WorkerLease
@@ -39,11 +40,4 @@ __all__ = [
 ]
 
 _LAZY = {"RedisWorkerLease": "distkit.idgen.lease.redis", "SqlWorkerLease": "distkit.idgen.lease.sql"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'distkit.idgen' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

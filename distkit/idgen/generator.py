@@ -106,6 +106,17 @@ class IdGenerator:
         os.register_at_fork(after_in_child=_after_fork_hook(weakref.ref(self)))
 
     # -- public ------------------------------------------------------------------------------------
+    @classmethod
+    def from_lease(cls: type[G], lease: WorkerLease, **kwargs: Any) -> G:
+        """A generator whose worker id comes from ``lease`` (acquired now, heartbeated, re-leased after fork).
+        If the generator cannot start (e.g. the clock is behind the persisted mark) the id is released again."""
+        lease.acquire()
+        try:
+            return cls(worker_id=lease.worker_id, lease=lease, **kwargs)
+        except BaseException:
+            lease.close()
+            raise
+
     @property
     def exhausts_at(self) -> dt.datetime:
         """When this generator's timestamp field runs out (so you can see it coming)."""
@@ -284,15 +295,6 @@ def _after_fork_hook(ref: weakref.ref[IdGenerator]) -> Callable[[], None]:
     return hook
 
 
-def _from_lease(cls: type[G], lease: WorkerLease, kwargs: dict[str, Any]) -> G:
-    lease.acquire()
-    try:
-        return cls(worker_id=lease.worker_id, lease=lease, **kwargs)
-    except BaseException:
-        lease.close()  # do not keep a worker id leased for a generator that never started
-        raise
-
-
 def _check_range(name: str, value: Any, maximum: int, bits: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise InvalidWorkerIdError(f"{name} must be an int in 0..{maximum} for a {bits}-bit field, got {value!r}")
@@ -334,11 +336,6 @@ class Snowflake(IdGenerator):
             lease=lease,
         )
 
-    @classmethod
-    def from_lease(cls, lease: WorkerLease, **kwargs: Any) -> Snowflake:
-        """A generator whose worker id comes from ``lease`` (acquired now, heartbeated, re-leased after fork)."""
-        return _from_lease(cls, lease, kwargs)
-
 
 class Butterfly(IdGenerator):
     """Butterfly-style ids: 41-bit timestamp, 13-bit worker, 9-bit sequence; a backwards clock never stops it.
@@ -371,8 +368,3 @@ class Butterfly(IdGenerator):
             clock=clock,
             lease=lease,
         )
-
-    @classmethod
-    def from_lease(cls, lease: WorkerLease, **kwargs: Any) -> Butterfly:
-        """See :meth:`Snowflake.from_lease`."""
-        return _from_lease(cls, lease, kwargs)

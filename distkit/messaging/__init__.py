@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from distkit._lazy import lazy_getattr
 from distkit.messaging.broker import Broker, Consumer, Producer, TransactionalProducer
 from distkit.messaging.memory import InMemoryBroker
 from distkit.messaging.message import Codec, JsonCodec, Message
@@ -45,11 +46,4 @@ _LAZY = {
     "Outbox": "distkit.messaging.outbox",
     "OutboxRelay": "distkit.messaging.outbox",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'distkit.messaging' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -44,7 +44,7 @@ class Producer(Protocol):
 
 
 @runtime_checkable
-class TransactionalProducer(Protocol):
+class TransactionalProducer(Producer, Protocol):
     """A producer whose messages (and consumer offsets) become visible atomically, or not at all.
 
     Used as a context manager it is one transaction: normal exit commits, an exception aborts::
@@ -60,27 +60,12 @@ class TransactionalProducer(Protocol):
 
     def begin(self) -> None: ...
 
-    def send(
-        self,
-        topic: str,
-        value: Any = None,
-        *,
-        key: bytes | str | int | None = None,
-        headers: Mapping[str, str | bytes] | None = None,
-        partition: int | None = None,
-    ) -> None: ...
-
     def send_offsets(self, consumer: Consumer, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit ``consumer``'s group offsets (next offset to read) inside this transaction."""
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Push buffered messages to the broker now (still invisible to read_committed until commit)."""
 
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
-
-    def close(self) -> None: ...
 
     def __enter__(self) -> TransactionalProducer: ...
 

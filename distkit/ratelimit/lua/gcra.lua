@@ -1,14 +1,7 @@
 -- GCRA (token bucket / leaky bucket), mirroring distkit.ratelimit.algorithms.gcra. State: TAT in µs.
 -- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue(0|1)'
 -- Returns 'allowed remaining retry_after_us reset_after_us delay_us' (times in whole µs, rounded up)
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local P_LIMIT, P_PERIOD, P_T, P_QUEUE = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+)')
-P_LIMIT, P_PERIOD, P_T = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T)
-local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end
+--@include _prelude
 local cost, limit, t = tonumber(ARGV[2]), P_LIMIT, P_T
 local dvt = t * limit
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)

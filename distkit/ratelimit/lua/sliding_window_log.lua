@@ -1,14 +1,7 @@
 -- Exact sliding window log, mirroring algorithms.sliding_window_log. State: list of µs timestamps, newest first,
 -- at most `limit` long; expired entries are trimmed from the tail (amortised O(1) per call).
 -- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue'
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local P_LIMIT, P_PERIOD, P_T, P_QUEUE = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+)')
-P_LIMIT, P_PERIOD, P_T = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T)
-local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end
+--@include _prelude
 local cost, limit, period = tonumber(ARGV[2]), P_LIMIT, P_PERIOD
 local horizon = now - period
 while true do
