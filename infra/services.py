@@ -61,6 +61,31 @@ def free_port(preferred: int) -> int:
     raise SetupError("no free loopback port")
 
 
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_ports(first: int, count: int) -> list[int]:
+    """Ports for cluster nodes: Redis also listens on port + 10000 (the cluster bus), so both must be free
+    and the node port must be <= 55535."""
+    ports: list[int] = []
+    candidate = first
+    while len(ports) < count and candidate <= 55535:
+        if port_free(candidate) and port_free(candidate + 10000):
+            ports.append(candidate)
+        candidate += 1
+    if len(ports) < count:
+        raise SetupError(f"no {count} free port pairs (p, p+10000) between {first} and 55535 for the Redis Cluster")
+    if ports != list(range(first, first + count)):
+        log(f"cluster ports {first}..{first + count - 1} (or their +10000 bus ports) are in use; using {ports}")
+    return ports
+
+
 def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.3)
@@ -193,10 +218,8 @@ def cluster_ok(port: int) -> bool:
 
 
 def start_cluster(ports: dict[str, object]) -> None:
-    nodes = ports.get("cluster") or [free_port(7390 + i) for i in range(3)]
+    nodes = ports.get("cluster") or free_cluster_ports(7390, 3)
     nodes = [int(p) for p in nodes]  # type: ignore[union-attr]
-    if len(set(nodes)) != 3:  # free_port(0) fallbacks could collide only in theory
-        nodes = [free_port(0) for _ in range(3)]
     ports["cluster"] = nodes
     fresh = False
     for i, p in enumerate(nodes):

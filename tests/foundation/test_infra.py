@@ -63,3 +63,17 @@ def test_runs_on_bare_python():
     src = (ROOT / "infra" / "services.py").read_text()
     imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_cluster_ports_skip_pairs_whose_bus_port_is_taken(services):
+    with socket.socket() as busy_bus:
+        first = None
+        for candidate in range(31000, 32000):  # find a free pair to block the bus port of
+            if services.port_free(candidate) and services.port_free(candidate + 10000):
+                first = candidate
+                break
+        assert first is not None
+        busy_bus.bind(("127.0.0.1", first + 10000))
+        ports = services.free_cluster_ports(first, 3)
+    assert first not in ports and len(ports) == 3
+    assert all(p <= 55535 for p in ports)
