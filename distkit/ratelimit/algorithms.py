@@ -24,21 +24,40 @@ class Params:
     period_us: int
     interval_us: float
     queue: bool = False
+    warmup_us: int = 0
 
     @property
     def ttl_us(self) -> float:
         """How long state stays meaningful: two periods (sliding counter) or the bucket's drain time."""
-        return 2 * max(self.period_us, self.interval_us * self.limit)
+        return 2 * max(self.period_us, self.interval_us * self.limit) + self.warmup_us
 
     @functools.cached_property
     def args(self) -> list[bytes]:
         """The scripts' third argument: all parameters packed in one value (fewer bytes to encode per call)."""
-        return [f"{self.limit} {self.period_us} {self.interval_us!r} {1 if self.queue else 0}".encode()]
+        return [
+            f"{self.limit} {self.period_us} {self.interval_us!r} {1 if self.queue else 0} {self.warmup_us}".encode()
+        ]
+
+
+def warm_up(state: Any, now: int, p: Params) -> tuple[float, float, float, float]:
+    """Guava-style warm-up: after ``warmup_us`` of idleness the bucket is cold. A cold bucket admits one request
+    at a time at a third of the rate, rising linearly to the full rate (and burst) over ``warmup_us`` of use.
+    Returns ``(tat, warm_start, interval, tolerance)``."""
+    tat, warm_start = state if state is not None else (now, now)
+    if tat < now - p.warmup_us:
+        warm_start = now
+    factor = min(1.0, (1 + 2 * (now - warm_start) / p.warmup_us) / 3)
+    t = p.interval_us / factor
+    return tat, warm_start, t, t * (p.limit if factor >= 1 else 1)
 
 
 def gcra(state: Any, now: int, cost: int, p: Params) -> tuple[Any, Raw]:
-    """Generic cell rate algorithm (redis-cell): state is the theoretical arrival time (µs)."""
-    t, dvt = p.interval_us, p.interval_us * p.limit
+    """Generic cell rate algorithm (redis-cell): state is the theoretical arrival time (µs), plus the start
+    of the current warm period when warm-up is on."""
+    if p.warmup_us:
+        state, warm_start, t, dvt = warm_up(state, now, p)
+    else:
+        warm_start, t, dvt = None, p.interval_us, p.interval_us * p.limit
     tat = max(state if state is not None else now, now)
     if p.queue:  # leaky bucket as a queue: allowed with a delay, spaced exactly one interval apart
         delay = tat - now
@@ -61,7 +80,13 @@ def gcra(state: Any, now: int, cost: int, p: Params) -> tuple[Any, Raw]:
     diff = now - (new_tat - dvt)
     if diff < 0:
         return None, (0, remaining_now, -diff, tat - now, 0.0)
-    return new_tat, (1, math.floor(diff / t), 0.0, new_tat - now, 0.0)
+    return (new_tat if warm_start is None else (new_tat, warm_start)), (
+        1,
+        math.floor(diff / t),
+        0.0,
+        new_tat - now,
+        0.0,
+    )
 
 
 def fixed_window(state: Any, now: int, cost: int, p: Params) -> tuple[Any, Raw]:

@@ -76,6 +76,7 @@ class Limiter:
         self.name = name or f"{self.kind}:{rate.count}/{rate.per_s:g}s:{self.limit_of(limit, rate)}"
         self._fixed_limit = limit
         self._queue = queue
+        self._warmup_us = 0
         self._fallback: MemoryBackend | None = None
         self._config_checked = 0.0
         self._errors = _backend_errors()
@@ -92,7 +93,11 @@ class Limiter:
         p = self._params
         if p is None or p.rate is not self.rate:
             params = Params(
-                limit=self.limit, period_us=self.rate.period_us, interval_us=self.rate.interval_us, queue=self._queue
+                limit=self.limit,
+                period_us=self.rate.period_us,
+                interval_us=self.rate.interval_us,
+                queue=self._queue,
+                warmup_us=self._warmup_us,
             )
             p = self._params = _CachedParams(self.rate, params)
         return p.params
@@ -273,6 +278,10 @@ class TokenBucket(Limiter):
     """Refills at ``rate``, holds up to ``burst`` tokens (``Decision.limit = burst``). Stored as GCRA's single
     theoretical-arrival-time value, so a decision is O(1) with one key.
 
+    ``warmup_s`` (Guava ``SmoothWarmingUp``): after ``warmup_s`` idle the bucket is cold; a cold bucket admits
+    one request at a time at a third of the rate, rising linearly to the full rate and burst over ``warmup_s``
+    of steady use (protects caches and connection pools that went cold).
+
     >>> limiter = TokenBucket(Rate(100, per_s=1.0), burst=20)
     >>> limiter.acquire("user:42").remaining
     19
@@ -286,17 +295,18 @@ class TokenBucket(Limiter):
         rate: Rate,
         burst: int | None = None,
         *,
+        warmup_s: float = 0.0,
         backend: Any = None,
         on_backend_error: FailurePolicy = FailurePolicy.FAIL_CLOSED,
         name: str | None = None,
     ) -> None:
-        super().__init__(
-            rate,
-            backend=backend,
-            limit=burst if burst is not None else rate.count,
-            on_backend_error=on_backend_error,
-            name=name or "token_bucket",
-        )
+        if not isinstance(warmup_s, int | float) or warmup_s < 0:
+            raise InvalidRateError(f"warmup_s must be a number of seconds >= 0, got {warmup_s!r}")
+        limit = burst if burst is not None else rate.count
+        if name is None and warmup_s:  # warm state has another shape: never share keys with a plain bucket
+            name = f"token_bucket:{rate.count}/{rate.per_s:g}s:{limit}:warm{warmup_s:g}s"
+        super().__init__(rate, backend=backend, limit=limit, on_backend_error=on_backend_error, name=name)
+        self._warmup_us = round(warmup_s * 1_000_000)
 
 
 class LeakyBucket(Limiter):
@@ -325,7 +335,7 @@ class LeakyBucket(Limiter):
             limit=capacity,
             queue=mode == "queue",
             on_backend_error=on_backend_error,
-            name=name or f"leaky_{mode}",
+            name=name or f"leaky_{mode}:{rate.count}/{rate.per_s:g}s:{capacity}",
         )
 
 

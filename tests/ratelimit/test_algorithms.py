@@ -207,3 +207,25 @@ def test_sliding_counter_is_within_one_percent_on_smooth_traffic(rate_per_s, pha
             got_counter += c
             got_exact += e
     assert abs(got_counter - got_exact) <= 0.01 * got_exact + 1
+
+
+def test_token_bucket_warm_up_ramps_from_a_third_of_the_rate(backend_for, fake_clock):
+    lim = TokenBucket(Rate(10, per_s=1.0), burst=5, warmup_s=3.0, backend=backend_for(fake_clock))
+    d = lim.acquire("cold")
+    assert d.allowed
+    d = lim.acquire("cold")  # cold: no burst, and the interval is 3x (300 ms)
+    assert not d.allowed and approx(d.retry_after_s, 0.3)
+    per_second = []
+    for _ in range(6):
+        allowed = 0
+        for _ in range(100):  # a request every 10 ms
+            fake_clock.advance(10)
+            allowed += lim.acquire("cold").allowed
+        per_second.append(allowed)
+    assert per_second[0] <= 5  # well under the full rate while cold
+    assert per_second[0] < per_second[1] < per_second[2] <= 10  # ramping up
+    assert per_second[4] == per_second[5] == 10  # warm: the full rate
+    fake_clock.advance(1000)
+    assert [lim.acquire("cold").allowed for _ in range(6)] == [True] * 5 + [False]  # warm burst is back
+    fake_clock.advance(4000)  # idle longer than the warm-up period: cold again
+    assert [lim.acquire("cold").allowed for _ in range(2)] == [True, False]

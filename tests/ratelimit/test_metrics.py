@@ -14,8 +14,12 @@ def test_decisions_counter_with_policy_attribute(private_redis):
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     client = redis.Redis.from_url(private_redis.url, socket_timeout=0.5)
-    lim = FixedWindow(Rate(1, per_s=60), backend=RedisBackend(client, prefix="m"), name="login",
-                      on_backend_error=FailurePolicy.FAIL_OPEN)
+    lim = FixedWindow(
+        Rate(1, per_s=60),
+        backend=RedisBackend(client, prefix="m"),
+        name="login",
+        on_backend_error=FailurePolicy.FAIL_OPEN,
+    )
     lim.acquire("u")
     lim.acquire("u")
     private_redis.stop()

@@ -1,11 +1,11 @@
 -- Shared preamble of the rate-limit scripts (included with --@include _prelude).
--- ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue'
+-- ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue warmup_us'
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local P_LIMIT, P_PERIOD, P_T, P_QUEUE = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+)')
-P_LIMIT, P_PERIOD, P_T = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T)
+local P_LIMIT, P_PERIOD, P_T, P_QUEUE, P_WARM = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+) (%S+)')
+P_LIMIT, P_PERIOD, P_T, P_WARM = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T), tonumber(P_WARM)
 -- the reply: 'allowed remaining retry_after_us reset_after_us delay_us' (one bulk string, whole µs)
 local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end

@@ -4,10 +4,30 @@
 --@include _prelude
 local cost, limit, t = tonumber(ARGV[2]), P_LIMIT, P_T
 local dvt = t * limit
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local raw = redis.call('GET', KEYS[1])
+local tat, warm_start
+if P_WARM > 0 then  -- warm-up, as algorithms.warm_up: state 'tat warm_start'
+  if raw then
+    local a, b = string.match(raw, '(%S+) (%S+)')
+    tat, warm_start = tonumber(a), tonumber(b)
+  else
+    tat, warm_start = now, now
+  end
+  if tat < now - P_WARM then warm_start = now end
+  local factor = math.min(1, (1 + 2 * (now - warm_start) / P_WARM) / 3)
+  t = t / factor
+  if factor >= 1 then dvt = t * limit else dvt = t end
+else
+  tat = tonumber(raw or now)
+end
 if tat < now then tat = now end
 local function store(new_tat)
-  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  local ttl = math.ceil((new_tat - now + P_WARM) / 1000) + 1
+  if warm_start then
+    redis.call('SET', KEYS[1], string.format('%.3f %.3f', new_tat, warm_start), 'PX', ttl)
+  else
+    redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', ttl)
+  end
 end
 if P_QUEUE == '1' then
   local delay = tat - now
