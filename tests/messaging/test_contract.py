@@ -84,18 +84,25 @@ def test_groups_each_get_everything_and_members_split_partitions(broker, topic):
     md = drain(broker, [t], expect=100)
     assert sorted(m.value for m in ui) == list(range(100)) == sorted(m.value for m in md)
 
+    shared = topic(partitions=4)
     group = uid()
-    a, b = broker.consumer(group, [t]), broker.consumer(group, [t])
+    a, b = broker.consumer(group, [shared]), broker.consumer(group, [shared])
     seen: dict[str, list[int]] = {"a": [], "b": []}
     deadline = time.monotonic() + 40
     try:
+        while not (len(a.assignment()) == 2 and len(b.assignment()) == 2):  # both joined: 2 partitions each
+            assert time.monotonic() < deadline, (a.assignment(), b.assignment())
+            a.poll_batch(10, 0.1)
+            b.poll_batch(10, 0.1)
+        assert sorted(a.assignment() + b.assignment()) == [(shared, p) for p in range(4)]
+        with broker.transactional_producer(uid("tx")) as tx:
+            for i in range(100):
+                tx.send(shared, i, key=str(i))
         while len(seen["a"]) + len(seen["b"]) < 100 and time.monotonic() < deadline:
             for name, c in (("a", a), ("b", b)):
                 for m in c.poll_batch(50, 0.1):
                     seen[name].append(m.value)
                     c.commit(m)
-        assert sorted(a.assignment() + b.assignment()) == [(t, p) for p in range(4)]
-        assert len(a.assignment()) == 2 and len(b.assignment()) == 2
     finally:
         a.close()
         b.close()
