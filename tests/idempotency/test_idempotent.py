@@ -185,7 +185,7 @@ def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
     if store_kind == "redis":
         store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    start = ctx.Barrier(5)  # 4 children + this test
     procs = [
         ctx.Process(
             target=deliver,
@@ -204,8 +204,10 @@ def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
 
     outcomes: list[str] = []
 
+    go = threading.Event()
+
     def thread_delivery() -> None:
-        start.wait(30)
+        go.wait(30)
         try:
             outcomes.append("result" if handle(key) == {"order": key, "charged": 100} else "wrong")
         except IdempotencyInProgressError:
@@ -214,8 +216,8 @@ def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
     threads = [threading.Thread(target=thread_delivery) for _ in range(20)]
     for t in threads:
         t.start()
-    time.sleep(1.0)  # let the children import and reach the barrier
-    start.set()
+    start.wait(60)  # the 4 children are ready: everyone delivers at once
+    go.set()
     for t in threads:
         t.join(30)
     for p in procs:
@@ -237,7 +239,7 @@ def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
     schema = namespace if store_kind == "redis" else pg_schema
     ctx = multiprocessing.get_context("spawn")
     victim = ctx.Process(
-        target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 60, 2.0, None, str(tmp_path / "victim"))
+        target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 60, 6.0, None, str(tmp_path / "victim"))
     )
     victim.start()
     deadline = time.monotonic() + 30
@@ -249,26 +251,25 @@ def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
 
     # within in_progress_ttl_s the dead owner's claim still holds: duplicates are refused
     early = ctx.Process(
-        target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 0, 2.0, None, str(tmp_path / "early"))
+        target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 0, 6.0, None, str(tmp_path / "early"))
     )
     early.start()
     early.join(30)
     assert (tmp_path / "early").read_text() == "in_progress"
-    assert time.monotonic() - killed_at < 2.0
+    assert time.monotonic() - killed_at < 6.0  # (the check ran inside in_progress_ttl_s)
 
-    time.sleep(max(0.0, 2.2 - (time.monotonic() - killed_at)))
-    start = ctx.Event()
+    time.sleep(max(0.0, 6.3 - (time.monotonic() - killed_at)))
+    start = ctx.Barrier(9)
     procs = [
         ctx.Process(
             target=deliver,
-            args=(store_kind, url, schema, redis_url, counter, key, 0.5, 2.0, start, str(tmp_path / f"r{i}")),
+            args=(store_kind, url, schema, redis_url, counter, key, 0.5, 6.0, start, str(tmp_path / f"r{i}")),
         )
         for i in range(8)
     ]
     for p in procs:
         p.start()
-    time.sleep(1.0)
-    start.set()
+    start.wait(60)  # all 8 redeliveries at once
     for p in procs:
         p.join(60)
     outcomes = [(tmp_path / f"r{i}").read_text() for i in range(8)]

@@ -57,12 +57,11 @@ def test_crash_between_inbox_and_business_write_leaves_neither(reservations):
 def test_hundred_duplicates_from_four_processes_make_one_business_row(reservations, database_url, pg_schema):
     Inbox(reservations)  # create the table before the race
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    start = ctx.Barrier(5)  # 4 children + this test
     procs = [ctx.Process(target=inbox_deliver, args=(database_url, pg_schema, "evt-3", 25, start)) for _ in range(4)]
     for p in procs:
         p.start()
-    time.sleep(1.0)
-    start.set()
+    start.wait(60)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0

@@ -18,7 +18,8 @@ def generate(kind: str, url: str, schema: str, namespace: str, count: int, out: 
         engine = create_engine(url, connect_args={"options": f"-csearch_path={schema}"})
         lease = SqlWorkerLease(engine, namespace=namespace, max_worker_id=31, ttl_s=10)
     gen = Snowflake.from_lease(lease, datacenter_id=1 if kind == "redis" else 2)  # one datacenter per store
-    start_evt.wait(30)
+    start_evt.wait(60)  # barrier: every process holds its lease before anyone generates
     ids = gen.next_ids(count // 2) + [gen.next_id() for _ in range(count - count // 2)]
     Path(out).write_text("\n".join(map(str, [gen.worker_id, *ids])))
+    start_evt.wait(60)  # ...and keeps it until everyone is done, so the ids are held concurrently
     gen.close()

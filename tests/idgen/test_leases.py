@@ -42,7 +42,7 @@ def test_eight_processes_four_redis_four_sql_zero_collisions(
     redis_url, database_url, pg_engine, pg_schema, namespace, tmp_path
 ):
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    start = ctx.Barrier(9)  # 8 generators + this test
     procs = []
     for i in range(8):
         kind, url = ("redis", redis_url) if i < 4 else ("sql", database_url)
@@ -51,8 +51,8 @@ def test_eight_processes_four_redis_four_sql_zero_collisions(
         )
         p.start()
         procs.append(p)
-    time.sleep(0.5)
-    start.set()  # all generate at once
+    start.wait(60)  # all hold a lease: generate at once
+    start.wait(60)  # all done: release
     for p in procs:
         p.join(120)
         assert p.exitcode == 0

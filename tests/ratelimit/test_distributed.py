@@ -26,7 +26,7 @@ from tests.ratelimit._workers import hammer, make, set_rate_then_exit
 
 def _run_processes(target_args, n):
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    start = ctx.Barrier(n + 1)  # the children and this test: nobody starts before everyone is ready
     procs = [ctx.Process(target=hammer, args=(*target_args(i), start)) for i in range(n)]
     for p in procs:
         p.start()
@@ -58,8 +58,7 @@ def test_two_hundred_concurrent_first_hits_allow_exactly_five(algo, redis_url, n
         results.append(limiter.acquire(key).allowed)
 
     threads = [threading.Thread(target=hit) for _ in range(100)]
-    time.sleep(1.0)  # children are up
-    start.set()
+    start.wait(60)
     for t in threads:
         t.start()
     for t in threads:
@@ -75,8 +74,7 @@ def test_four_processes_times_eight_threads_for_five_seconds_stay_in_bounds(redi
     start, procs = _run_processes(
         lambda i: (redis_url, namespace, "token100", "api", 8, 0, 5.0, str(tmp_path / f"p{i}")), 4
     )
-    time.sleep(1.5)
-    start.set()
+    start.wait(60)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
