@@ -26,7 +26,7 @@ class Params:
     queue: bool = False
     warmup_us: int = 0
 
-    @property
+    @functools.cached_property
     def ttl_us(self) -> float:
         """How long state stays meaningful: two periods (sliding counter) or the bucket's drain time."""
         return 2 * max(self.period_us, self.interval_us * self.limit) + self.warmup_us

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distkit._redis import Script, key
+from distkit._redis.direct import AsyncDirectLane, DirectLane
 from distkit.clock import Clock
 from distkit.ratelimit.algorithms import Params, Raw
 
@@ -71,15 +72,25 @@ class RedisBackend:
     """Redis (plain or Cluster). Keys are ``{prefix:<algorithm>:<name>}`` and always carry a PTTL.
 
     ``clock`` makes the *client* supply the time instead of Redis ``TIME``: for deterministic tests only
-    (in production, client clocks skew; Redis time does not)."""
+    (in production, client clocks skew; Redis time does not).
+
+    ``direct=True`` (default) sends decisions over the client's connection settings on a few private
+    connections, skipping redis-py's per-command overhead (see :mod:`distkit._redis.direct`: a dead idle
+    connection is replaced and the call resent once; then errors go to the limiter's failure policy).
+    ``direct=False`` uses the client exactly as given (its retry policy, instrumentation, pool limits);
+    Cluster clients and test doubles always do."""
 
     is_async = False
     is_remote = True
+    _lane_cls: Any = DirectLane
 
-    def __init__(self, redis_client: Any, prefix: str = "rl", *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, redis_client: Any, prefix: str = "rl", *, clock: Clock | None = None, direct: bool = True
+    ) -> None:
         self.redis = redis_client
         self.prefix = prefix
         self._clock = clock
+        self._lane = self._lane_cls.for_client(redis_client) if direct else None
         key(prefix, "x")  # validates the prefix once
 
     def key(self, algo: str, name: str) -> str:
@@ -91,10 +102,17 @@ class RedisBackend:
         return [now, cost, *params.args]
 
     def decide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
-        return parse_raw(script_for(algo)(self.redis, [self.key(algo, name)], self._args(cost, params)))
+        keys, args = [self.key(algo, name)], self._args(cost, params)
+        if self._lane is not None:
+            return parse_raw(self._lane.call(script_for(algo), keys, args))
+        return parse_raw(script_for(algo)(self.redis, keys, args))
 
     def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Raw]:
-        replies = script_for(algo).many(self.redis, [([self.key(algo, n)], self._args(c, params)) for n, c in calls])
+        batch = [([self.key(algo, n)], self._args(c, params)) for n, c in calls]
+        if self._lane is not None:
+            replies = self._lane.call_many(script_for(algo), batch)
+        else:
+            replies = script_for(algo).many(self.redis, batch)
         for r in replies:
             if isinstance(r, Exception):
                 raise r
@@ -111,16 +129,22 @@ class AsyncRedisBackend(RedisBackend):
     """``RedisBackend`` over an asyncio client (``redis.asyncio``): limiter methods become awaitables."""
 
     is_async = True
+    _lane_cls = AsyncDirectLane
 
     async def adecide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
-        return parse_raw(await script_for(algo).acall(self.redis, [self.key(algo, name)], self._args(cost, params)))
+        keys, args = [self.key(algo, name)], self._args(cost, params)
+        if self._lane is not None:
+            return parse_raw(await self._lane.call(script_for(algo), keys, args))
+        return parse_raw(await script_for(algo).acall(self.redis, keys, args))
 
     async def adecide_many(
         self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params
     ) -> list[Raw]:
-        replies = await script_for(algo).amany(
-            self.redis, [([self.key(algo, n)], self._args(c, params)) for n, c in calls]
-        )
+        batch = [([self.key(algo, n)], self._args(c, params)) for n, c in calls]
+        if self._lane is not None:
+            replies = await self._lane.call_many(script_for(algo), batch)
+        else:
+            replies = await script_for(algo).amany(self.redis, batch)
         for r in replies:
             if isinstance(r, Exception):
                 raise r

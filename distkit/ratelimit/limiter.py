@@ -18,7 +18,7 @@ from distkit.errors import BackendUnavailableError, InvalidRateError, RateLimitE
 from distkit.ratelimit import algorithms
 from distkit.ratelimit.algorithms import Params, Raw
 from distkit.ratelimit.backends import MemoryBackend, StepFn
-from distkit.ratelimit.metrics import record_decision
+from distkit.ratelimit.metrics import DecisionMetrics
 from distkit.ratelimit.policy import FailurePolicy
 from distkit.ratelimit.rate import Decision, Rate
 
@@ -36,11 +36,13 @@ def _backend_errors() -> tuple[type[BaseException], ...]:
         return (OSError,)
 
 
-class _CachedParams:
-    __slots__ = ("params", "rate")
+class _Hot:
+    """What every decision needs and only a rate change alters, computed once per rate (the hot path)."""
+
+    __slots__ = ("limit", "params", "rate", "window_s")
 
     def __init__(self, rate: Rate, params: Params) -> None:
-        self.rate, self.params = rate, params
+        self.rate, self.params, self.limit, self.window_s = rate, params, params.limit, rate.per_s
 
 
 class Limiter:
@@ -80,7 +82,9 @@ class Limiter:
         self._fallback: MemoryBackend | None = None
         self._config_checked = 0.0
         self._errors = _backend_errors()
-        self._params: _CachedParams | None = None
+        self._remote = bool(getattr(self.backend, "is_remote", False))
+        self._metrics = DecisionMetrics(self.name)
+        self._hot_state: _Hot | None = None
 
     # -- parameters --------------------------------------------------------------------------------
     @property
@@ -88,10 +92,9 @@ class Limiter:
         """Requests allowed at once (``Decision.limit``)."""
         return self._fixed_limit if self._fixed_limit is not None else self.rate.count
 
-    def params(self) -> Params:
-        """The script parameters, cached until the rate changes (hot path)."""
-        p = self._params
-        if p is None or p.rate is not self.rate:
+    def _hot(self) -> _Hot:
+        h = self._hot_state
+        if h is None or h.rate is not self.rate:
             params = Params(
                 limit=self.limit,
                 period_us=self.rate.period_us,
@@ -99,8 +102,12 @@ class Limiter:
                 queue=self._queue,
                 warmup_us=self._warmup_us,
             )
-            p = self._params = _CachedParams(self.rate, params)
-        return p.params
+            h = self._hot_state = _Hot(self.rate, params)
+        return h
+
+    def params(self) -> Params:
+        """The script parameters, cached until the rate changes."""
+        return self._hot().params
 
     def _scoped(self, key: str) -> str:
         if key.__class__ is not str or not key:
@@ -111,7 +118,7 @@ class Limiter:
         return [(self._scoped(k), c) for k, c in requests]
 
     def _check_cost(self, cost: int) -> None:
-        if cost.__class__ is int and 0 <= cost <= self.limit:
+        if cost.__class__ is int and 0 <= cost <= self._hot().limit:
             return
         if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
             raise InvalidRateError(f"cost must be an int >= 0 (0 = peek), got {cost!r}")
@@ -124,17 +131,18 @@ class Limiter:
     # -- shared decision plumbing --------------------------------------------------------------------
     def _finish(self, raw: Raw, fallback: str = "") -> Decision:
         allowed, remaining, retry_us, reset_us, delay_us = raw
+        h = self._hot()
         d = Decision(
             allowed == 1,
-            self.limit,
+            h.limit,
             remaining if remaining > 0 else 0,
             retry_us / 1e6 if retry_us > 0 else 0.0,
             reset_us / 1e6 if reset_us > 0 else 0.0,
             delay_us / 1e6 if delay_us > 0 else 0.0,
-            self.rate.per_s,
+            h.window_s,
             fallback,
         )
-        record_decision(self.name, d)
+        self._metrics.record(d.allowed, fallback)
         return d
 
     def _on_error(self, exc: BaseException, key: str, cost: int) -> Decision:
@@ -255,9 +263,7 @@ class Limiter:
                 self.rate = rate
 
     def _config_due(self) -> bool:
-        return bool(getattr(self.backend, "is_remote", False)) and (
-            time.monotonic() - self._config_checked >= CONFIG_REFRESH_S
-        )
+        return self._remote and time.monotonic() - self._config_checked >= CONFIG_REFRESH_S
 
     def _refresh_config(self) -> None:
         if self._config_due():

@@ -23,9 +23,23 @@ def _get_counter() -> Any:
     return _counter
 
 
-def record_decision(limiter: str, decision: Any) -> None:
-    counter = _get_counter()
-    if counter is not None:
-        counter.add(
-            1, {"limiter": limiter, "allowed": bool(decision.allowed), "policy": decision.fallback or "backend"}
-        )
+class DecisionMetrics:
+    """One limiter's recorder. The attribute sets are built once per (allowed, policy), so counting a decision
+    costs one dict lookup and the counter's ``add`` (a no-op until an SDK is installed)."""
+
+    __slots__ = ("_attrs", "_counter", "_limiter")
+
+    def __init__(self, limiter: str) -> None:
+        self._limiter = limiter
+        self._counter = _get_counter()
+        self._attrs: dict[tuple[bool, str], dict[str, Any]] = {}
+
+    def record(self, allowed: bool, policy: str) -> None:
+        """``policy`` is the FailurePolicy value that answered, or "" when the backend did."""
+        if self._counter is None:
+            return
+        attrs = self._attrs.get((allowed, policy))
+        if attrs is None:
+            attrs = {"limiter": self._limiter, "allowed": allowed, "policy": policy or "backend"}
+            self._attrs[(allowed, policy)] = attrs
+        self._counter.add(1, attrs)

@@ -3,9 +3,11 @@
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 end
 local P_LIMIT, P_PERIOD, P_T, P_QUEUE, P_WARM = string.match(ARGV[3], '(%S+) (%S+) (%S+) (%S+) (%S+)')
 P_LIMIT, P_PERIOD, P_T, P_WARM = tonumber(P_LIMIT), tonumber(P_PERIOD), tonumber(P_T), tonumber(P_WARM)
 -- the reply: 'allowed remaining retry_after_us reset_after_us delay_us' (one bulk string, whole µs)
 local function R(a, b, c, d, e) return string.format('%d %d %d %d %d', a, b, c, d, e) end
+-- the name of KEYS[1]'s counter for window number w (same hash tag, so Cluster-safe; %d: no float formatting)
+local function window_key(w) return KEYS[1] .. string.format(':%d', w) end

@@ -1,19 +1,18 @@
--- Fixed window counter, mirroring algorithms.fixed_window. State: hash {w = window, c = count}.
--- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue'
+-- Fixed window counter, mirroring algorithms.fixed_window. State: one integer key per window,
+-- '<KEYS[1]>:<window number>', expiring with its window; an allowed hit is one INCRBY.
+-- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue warmup_us'
 --@include _prelude
 local cost, limit, period = tonumber(ARGV[2]), P_LIMIT, P_PERIOD
 local window = math.floor(now / period)
-local st = redis.call('HMGET', KEYS[1], 'w', 'c')
-local count = 0
-if st[1] and tonumber(st[1]) == window then count = tonumber(st[2]) end
-local reset = (window + 1) * period - now
-if count + cost <= limit then
-  if cost == 0 then
-    if count < limit then return R(1, limit - count, 0, math.ceil(reset), 0) end
-    return R(0, limit - count, math.ceil(reset), math.ceil(reset), 0)
-  end
-  redis.call('HSET', KEYS[1], 'w', window, 'c', count + cost)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(reset / 1000) + 1)
-  return R(1, limit - count - cost, 0, math.ceil(reset), 0)
+local k = window_key(window)
+local reset = math.ceil((window + 1) * period - now)
+if cost == 0 then
+  local count = tonumber(redis.call('GET', k) or 0)
+  if count < limit then return R(1, limit - count, 0, reset, 0) end
+  return R(0, limit - count, reset, reset, 0)
 end
-return R(0, limit - count, math.ceil(reset), math.ceil(reset), 0)
+local count = redis.call('INCRBY', k, cost)
+if count == cost then redis.call('PEXPIRE', k, math.ceil(reset / 1000) + 1) end
+if count <= limit then return R(1, limit - count, 0, reset, 0) end
+redis.call('DECRBY', k, cost)  -- over the limit: undo (cost <= limit, so the key existed and keeps its TTL)
+return R(0, limit - count + cost, reset, reset, 0)

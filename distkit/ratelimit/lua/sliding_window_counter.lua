@@ -1,22 +1,19 @@
--- Sliding window counter, mirroring algorithms.sliding_window_counter. State: hash {w, c (current), p (previous)}.
--- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue'
+-- Sliding window counter, mirroring algorithms.sliding_window_counter. State: one integer key per window
+-- ('<KEYS[1]>:<window number>', living two windows); a decision reads the current and previous ones (MGET).
+-- KEYS[1]; ARGV: now_us ('' = Redis TIME), cost, 'limit period_us interval_us queue warmup_us'
 --@include _prelude
 local cost, limit, period = tonumber(ARGV[2]), P_LIMIT, P_PERIOD
 local window = math.floor(now / period)
-local st = redis.call('HMGET', KEYS[1], 'w', 'c', 'p')
-local cur, prev = 0, 0
-if st[1] then
-  local w = tonumber(st[1])
-  if w == window then cur, prev = tonumber(st[2]), tonumber(st[3])
-  elseif w == window - 1 then prev = tonumber(st[2]) end
-end
+local k = window_key(window)
+local st = redis.call('MGET', k, window_key(window - 1))
+local cur, prev = tonumber(st[1] or 0), tonumber(st[2] or 0)
 local elapsed = now - window * period
 local estimate = prev * ((period - elapsed) / period) + cur
 local reset = (window + 1) * period - now
 if cur > 0 then reset = reset + period end
 if cost > 0 and estimate + cost <= limit then
-  redis.call('HSET', KEYS[1], 'w', window, 'c', cur + cost, 'p', prev)
-  redis.call('PEXPIRE', KEYS[1], math.ceil((2 * period - elapsed) / 1000) + 1)
+  redis.call('INCRBY', k, cost)
+  if cur == 0 then redis.call('PEXPIRE', k, math.ceil((2 * period - elapsed) / 1000) + 1) end
   return R(1, math.max(0, math.floor(limit - estimate - cost)), 0, math.ceil(reset), 0)
 end
 local remaining = math.max(0, math.floor(limit - estimate))

@@ -1,0 +1,239 @@
+"""A direct lane for hot-path scripts: private connections of a plain redis-py client, one write and one read.
+
+Why: on redis-py 8, ``client.evalsha(...)`` spends about as long in Python as the loopback round trip itself
+(pool checkout and release under a lock, a ``poll`` of the socket for stray data, the retry wrapper, metrics
+hooks). A rate-limit decision is one tiny script, so that overhead is most of its cost. The lane keeps a few
+connections of its own, made from the client's own connection settings (host, auth, TLS, db, timeouts), and
+talks RESP on them directly: the request is packed once into one ``bytes`` and the reply read by redis-py's
+parser, so replies and errors are exactly what ``client.evalsha`` would return.
+
+Policy, documented because it differs from the client's ``retry=`` setting:
+
+* a connection that fails while idle-reused (server restarted, idle timeout, failover) is replaced and the
+  call is sent once more on a fresh connection; a fresh connection that fails raises ``ConnectionError`` /
+  ``TimeoutError`` to the caller (the limiter's failure policy applies). As with redis-py's own retries, a
+  script whose reply was lost in flight may then have run twice;
+* NOSCRIPT is answered by ``EVAL`` of the source (which also caches it), like :class:`~distkit._redis.Script`;
+* after ``fork()`` the child drops the parent's connections (``os.register_at_fork``) and opens its own.
+
+Only plain ``redis.Redis`` / ``redis.asyncio.Redis`` clients with a standard connection pool get a lane;
+Redis Cluster, Sentinel, single-connection clients and test doubles keep the ordinary client path.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, NoScriptError, ResponseError
+
+from distkit._redis.scripts import ArgT, KeyT, Script
+
+_LANES: weakref.WeakSet[_LaneBase] = weakref.WeakSet()
+
+
+def _forget_parent_connections() -> None:
+    for lane in list(_LANES):
+        lane._idle.clear()  # the sockets belong to the parent; never write to them from the child
+
+
+os.register_at_fork(after_in_child=_forget_parent_connections)
+
+
+def _plain_pool(client: Any, client_cls: type, pool_classes: tuple[type, ...]) -> Any:
+    """The client's pool if the client is exactly a plain redis-py client over a standard pool, else None."""
+    pool = getattr(client, "connection_pool", None)
+    if type(client) is not client_cls or getattr(client, "connection", None) is not None:
+        return None  # subclasses (fakeredis, instrumented doubles) and single-connection clients: keep theirs
+    if type(pool) not in pool_classes or getattr(pool, "cache", None) is not None:
+        return None
+    return pool
+
+
+class _LaneBase:
+    """What the sync and async lanes share: the RESP encoding and the connection bookkeeping."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._encoding: str = pool.connection_kwargs.get("encoding", "utf-8")
+        self._idle: list[Any] = []
+        self._heads: dict[tuple[str, int], bytes] = {}
+        _LANES.add(self)
+
+    def _new_connection(self) -> Any:
+        return self._pool.connection_class(**self._pool.connection_kwargs)
+
+    def _checkout(self) -> tuple[Any, bool]:
+        """(connection, reused): list.pop/append are atomic, so threads never share a connection."""
+        try:
+            return self._idle.pop(), True
+        except IndexError:
+            return self._new_connection(), False
+
+    def _encode(self, value: KeyT | ArgT) -> bytes:
+        if value.__class__ is bytes:
+            return value
+        if value.__class__ is str:
+            return value.encode(self._encoding)
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
+            raise DataError(f"cannot send {value!r} to Redis")  # the same refusal as redis-py's encoder
+        return repr(value).encode() if isinstance(value, float) else str(value).encode()
+
+    def pack(self, command: str, head: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> bytes:
+        """``command head len(keys) *keys *args`` as one RESP array; the fixed head is cached per arity."""
+        n = len(keys) + len(args)
+        cached = self._heads.get((head, n))
+        if cached is None:
+            parts = [command.encode(), head.encode(), str(len(keys)).encode()]
+            cached = b"*%d\r\n" % (n + 3) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+            if command == "EVALSHA":
+                self._heads[(head, n)] = cached
+        out = [cached]
+        for v in (*keys, *args):
+            b = self._encode(v)
+            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+        return b"".join(out)
+
+    def pack_call(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT]) -> bytes:
+        return self.pack("EVALSHA", script.sha, keys, args)
+
+    def pack_eval(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT]) -> bytes:
+        return self.pack("EVAL", script.source, keys, args)
+
+    def pack_retry(
+        self, script: Script, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]], missed: list[int]
+    ) -> bytes:
+        """The calls that met NOSCRIPT again: the first as ``EVAL`` (which caches the script), the rest by SHA."""
+        first, *rest = missed
+        return self.pack_eval(script, *calls[first]) + b"".join(self.pack_call(script, *calls[i]) for i in rest)
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                conn.disconnect()
+            except Exception:  # pragma: no cover - closing is best effort
+                continue
+
+
+class DirectLane(_LaneBase):
+    """Sync lane; :meth:`for_client` returns ``None`` for clients that must keep the normal path."""
+
+    @classmethod
+    def for_client(cls, client: Any) -> DirectLane | None:
+        import redis
+
+        pool = _plain_pool(client, redis.Redis, (redis.ConnectionPool, redis.BlockingConnectionPool))
+        return cls(pool) if pool is not None else None
+
+    def _roundtrip(self, payload: bytes, replies: int) -> list[Any]:
+        """Send ``payload`` and read ``replies`` answers; a reused connection that turns out dead is replaced once.
+        Error replies come back in place (as exceptions) so a batch is always read to its end."""
+        for _attempt in (0, 1):
+            conn, reused = self._checkout()
+            try:
+                conn.send_packed_command([payload], check_health=False)
+                out: list[Any] = []
+                for _ in range(replies):
+                    try:
+                        out.append(conn.read_response())
+                    except ResponseError as exc:
+                        out.append(exc)
+            except RedisConnectionError:
+                conn.disconnect()
+                if reused:
+                    continue
+                raise
+            except BaseException:
+                conn.disconnect()  # timeout or interrupt mid-reply: the stream position is unknown
+                raise
+            self._idle.append(conn)
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def call(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
+        """``script(keys, args)``: one round trip unless the server has not seen the script yet."""
+        (reply,) = self._roundtrip(self.pack_call(script, keys, args), 1)
+        if isinstance(reply, NoScriptError):
+            (reply,) = self._roundtrip(self.pack_eval(script, keys, args), 1)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def call_many(self, script: Script, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+        """Every call in one write and one read pass; errors of single calls are returned in place."""
+        if not calls:
+            return []
+        replies = self._roundtrip(b"".join(self.pack_call(script, k, a) for k, a in calls), len(calls))
+        missed = _missed(replies)
+        if missed:
+            again = self._roundtrip(self.pack_retry(script, calls, missed), len(missed))
+            for i, reply in zip(missed, again, strict=True):
+                replies[i] = reply
+        return replies
+
+
+def _missed(replies: list[Any]) -> list[int]:
+    """Positions answered NOSCRIPT (those calls did not run)."""
+    return [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+
+
+class AsyncDirectLane(_LaneBase):
+    """The asyncio twin of :class:`DirectLane` (same packing, same policy)."""
+
+    @classmethod
+    def for_client(cls, client: Any) -> AsyncDirectLane | None:
+        import redis.asyncio as aredis
+
+        pool = _plain_pool(client, aredis.Redis, (aredis.ConnectionPool, aredis.BlockingConnectionPool))
+        return cls(pool) if pool is not None else None
+
+    async def _roundtrip(self, payload: bytes, replies: int) -> list[Any]:
+        for _attempt in (0, 1):
+            conn, reused = self._checkout()
+            try:
+                await conn.send_packed_command([payload], check_health=False)
+                out: list[Any] = []
+                for _ in range(replies):
+                    try:
+                        out.append(await conn.read_response())
+                    except ResponseError as exc:
+                        out.append(exc)
+            except RedisConnectionError:
+                await conn.disconnect(nowait=True)
+                if reused:
+                    continue
+                raise
+            except BaseException:
+                await conn.disconnect(nowait=True)  # cancelled or timed out mid-reply
+                raise
+            self._idle.append(conn)
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def call(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
+        (reply,) = await self._roundtrip(self.pack_call(script, keys, args), 1)
+        if isinstance(reply, NoScriptError):
+            (reply,) = await self._roundtrip(self.pack_eval(script, keys, args), 1)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def call_many(self, script: Script, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+        if not calls:
+            return []
+        replies = await self._roundtrip(b"".join(self.pack_call(script, k, a) for k, a in calls), len(calls))
+        missed = _missed(replies)
+        if missed:
+            again = await self._roundtrip(self.pack_retry(script, calls, missed), len(missed))
+            for i, reply in zip(missed, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect(nowait=True)

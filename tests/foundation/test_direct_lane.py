@@ -1,0 +1,171 @@
+"""The direct lane (distkit._redis.direct) against real Redis: same replies as redis-py, NOSCRIPT, dead
+connections, outages, threads, fork, and the asyncio twin."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from distkit._redis.direct import AsyncDirectLane, DirectLane
+
+ECHO = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1, redis.call('GET', KEYS[1]), redis.status_reply('OK')}"
+COUNT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAIL_ODD = "if tonumber(ARGV[1]) % 2 == 1 then return redis.error_reply('ODD ' .. ARGV[1]) end return ARGV[1]"
+
+
+class InlineScript:
+    """The lane needs a script's ``sha`` and ``source`` only (``distkit._redis.Script`` reads them from files)."""
+
+    def __init__(self, source: str) -> None:
+        self.name, self.source = "test", source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+def lane_for(client):
+    lane = DirectLane.for_client(client)
+    assert lane is not None
+    return lane
+
+
+def test_only_plain_clients_get_a_lane(redis_url, redis_cluster):
+    import fakeredis
+
+    assert DirectLane.for_client(redis.Redis.from_url(redis_url)) is not None
+    assert DirectLane.for_client(redis.Redis.from_url(redis_url, single_connection_client=True)) is None
+    assert DirectLane.for_client(fakeredis.FakeRedis()) is None
+    assert DirectLane.for_client(redis_cluster) is None
+    assert AsyncDirectLane.for_client(aredis.Redis.from_url(redis_url)) is not None
+    assert AsyncDirectLane.for_client(redis.Redis.from_url(redis_url)) is None
+
+
+@pytest.mark.parametrize("decode", [False, True])
+def test_replies_are_exactly_what_redis_py_returns(redis_url, namespace, decode):
+    client = redis.Redis.from_url(redis_url, decode_responses=decode)
+    k = f"{{{namespace}}}:echo:é"
+    client.set(k, "stored")
+    script = InlineScript(ECHO)
+    via_lane = lane_for(client).call(script, [k], ["ünïcode", 41])
+    assert via_lane == client.eval(ECHO, 1, k, "ünïcode", 41)
+    assert via_lane[2] == 42 and via_lane[0] == (k if decode else k.encode())
+    client.delete(k)
+
+
+def test_noscript_is_answered_by_eval_and_each_call_runs_once(redis_client, namespace):
+    lane, script = lane_for(redis_client), InlineScript(COUNT)
+    k = f"{{{namespace}}}:count"
+    redis_client.script_flush()
+    assert lane.call(script, [k], [1]) == 1  # NOSCRIPT -> EVAL
+    redis_client.script_flush()
+    assert lane.call_many(script, [([k], [1])] * 10) == list(range(2, 12))  # NOSCRIPT for all -> resent once
+    assert lane.call_many(script, [([k], [1])] * 5) == list(range(12, 17))  # cached now: one round trip
+    assert int(redis_client.get(k)) == 16
+
+
+def test_error_replies_of_a_batch_come_back_in_place(redis_client):
+    lane = lane_for(redis_client)
+    replies = lane.call_many(InlineScript(FAIL_ODD), [([], [i]) for i in range(6)])
+    assert [r for r in replies if not isinstance(r, Exception)] == [b"0", b"2", b"4"]
+    errors = [r for r in replies if isinstance(r, Exception)]
+    assert [str(e) for e in errors] == ["ODD 1", "ODD 3", "ODD 5"]
+    assert all(isinstance(e, redis.ResponseError) for e in errors)
+    with pytest.raises(redis.ResponseError, match="ODD 7"):
+        lane.call(InlineScript(FAIL_ODD), [], [7])
+    assert lane.call(InlineScript(FAIL_ODD), [], [8]) == b"8"  # the connection is still in step
+
+
+def test_a_killed_idle_connection_is_replaced_and_the_script_runs_once(private_redis):
+    client = redis.Redis.from_url(private_redis.url)
+    lane, script = lane_for(client), InlineScript(COUNT)
+    assert lane.call(script, ["n"], [1]) == 1
+    killed = client.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1  # the lane's idle connection is gone server-side
+    assert lane.call(script, ["n"], [1]) == 2
+    assert int(client.get("n")) == 2
+
+
+def test_redis_down_raises_connection_error_then_recovers(private_redis):
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    lane, script = lane_for(client), InlineScript(COUNT)
+    assert lane.call(script, ["n"], [1]) == 1
+    private_redis.stop()
+    with pytest.raises(redis.ConnectionError):
+        lane.call(script, ["n"], [1])
+    with pytest.raises(redis.ConnectionError):
+        lane.call_many(script, [(["n"], [1])])
+    private_redis.start()
+    assert lane.call(script, ["n"], [5]) == 5  # a fresh server (no persistence): counted from zero, once
+
+
+def test_threads_never_share_a_connection(redis_client, namespace):
+    lane, script = lane_for(redis_client), InlineScript(COUNT)
+    k = f"{{{namespace}}}:threads"
+    start = threading.Barrier(16)
+    replies: list[int] = []
+
+    def work() -> None:
+        start.wait()
+        replies.extend(lane.call(script, [k], [1]) for _ in range(200))
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(replies) == list(range(1, 3201))  # every reply belongs to its own call
+    assert int(redis_client.get(k)) == 3200
+    assert 1 <= len(lane._idle) <= 16
+
+
+def test_a_forked_child_uses_its_own_connections(redis_client, namespace):
+    lane, script = lane_for(redis_client), InlineScript(COUNT)
+    k = f"{{{namespace}}}:fork"
+    assert lane.call(script, [k], [1]) == 1
+    parent_conn = lane._idle[0]
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the parent's connection was dropped at fork; a new one answers
+        code = 1
+        try:
+            ok = not lane._idle and lane.call(script, [k], [10]) == 11 and lane._idle[0] is not parent_conn
+            os.write(write_fd, b"ok" if ok else b"bad")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    assert os.read(read_fd, 10) == b"ok"
+    os.waitpid(pid, 0)
+    assert lane.call(script, [k], [100]) == 111  # the parent's socket was not shut down by the child
+    assert lane._idle[0] is parent_conn
+
+
+async def test_async_lane_same_semantics(async_redis_client, namespace):
+    lane = AsyncDirectLane.for_client(async_redis_client)
+    assert lane is not None
+    script = InlineScript(COUNT)
+    k = f"{{{namespace}}}:async"
+    await async_redis_client.script_flush()
+    assert await lane.call(script, [k], [1]) == 1
+    await async_redis_client.script_flush()
+    assert await lane.call_many(script, [([k], [1])] * 4) == [2, 3, 4, 5]
+    replies = await lane.call_many(InlineScript(FAIL_ODD), [([], [i]) for i in range(3)])
+    assert replies[0] == b"0" and isinstance(replies[1], redis.ResponseError) and replies[2] == b"2"
+    await lane.aclose()
+
+
+async def test_async_lane_redis_down_then_back(private_redis):
+    client = aredis.Redis.from_url(private_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    lane = AsyncDirectLane.for_client(client)
+    assert lane is not None
+    script = InlineScript(COUNT)
+    assert await lane.call(script, ["n"], [1]) == 1
+    private_redis.stop()
+    with pytest.raises(redis.ConnectionError):
+        await lane.call(script, ["n"], [1])
+    private_redis.start()
+    assert await lane.call(script, ["n"], [2]) == 2
+    await client.aclose()
