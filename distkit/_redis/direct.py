@@ -237,3 +237,40 @@ class AsyncDirectLane(_LaneBase):
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.disconnect(nowait=True)
+
+
+class Runner:
+    """How a module runs its scripts on one sync client: over a :class:`DirectLane` when the client can have one
+    and ``direct`` is on, else through the client's own command path (Cluster, test doubles, ``direct=False``)."""
+
+    def __init__(self, client: Any, *, direct: bool = True) -> None:
+        self.client = client
+        self.lane = DirectLane.for_client(client) if direct else None
+
+    def __call__(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
+        if self.lane is not None:
+            return self.lane.call(script, keys, args)
+        return script(self.client, keys, args)
+
+    def many(self, script: Script, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+        if self.lane is not None:
+            return self.lane.call_many(script, calls)
+        return script.many(self.client, calls)
+
+
+class AsyncRunner:
+    """The asyncio twin of :class:`Runner`."""
+
+    def __init__(self, client: Any, *, direct: bool = True) -> None:
+        self.client = client
+        self.lane = AsyncDirectLane.for_client(client) if direct else None
+
+    async def __call__(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
+        if self.lane is not None:
+            return await self.lane.call(script, keys, args)
+        return await script.acall(self.client, keys, args)
+
+    async def many(self, script: Script, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+        if self.lane is not None:
+            return await self.lane.call_many(script, calls)
+        return await script.amany(self.client, calls)

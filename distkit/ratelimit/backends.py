@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distkit._redis import Script, key
-from distkit._redis.direct import AsyncDirectLane, DirectLane
+from distkit._redis.direct import AsyncRunner, Runner
 from distkit.clock import Clock
 from distkit.ratelimit.algorithms import Params, Raw
 
@@ -82,7 +82,7 @@ class RedisBackend:
 
     is_async = False
     is_remote = True
-    _lane_cls: Any = DirectLane
+    _runner_cls: Any = Runner
 
     def __init__(
         self, redis_client: Any, prefix: str = "rl", *, clock: Clock | None = None, direct: bool = True
@@ -90,7 +90,7 @@ class RedisBackend:
         self.redis = redis_client
         self.prefix = prefix
         self._clock = clock
-        self._lane = self._lane_cls.for_client(redis_client) if direct else None
+        self._run = self._runner_cls(redis_client, direct=direct)
         key(prefix, "x")  # validates the prefix once
 
     def key(self, algo: str, name: str) -> str:
@@ -102,17 +102,10 @@ class RedisBackend:
         return [now, cost, *params.args]
 
     def decide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
-        keys, args = [self.key(algo, name)], self._args(cost, params)
-        if self._lane is not None:
-            return parse_raw(self._lane.call(script_for(algo), keys, args))
-        return parse_raw(script_for(algo)(self.redis, keys, args))
+        return parse_raw(self._run(script_for(algo), [self.key(algo, name)], self._args(cost, params)))
 
     def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Raw]:
-        batch = [([self.key(algo, n)], self._args(c, params)) for n, c in calls]
-        if self._lane is not None:
-            replies = self._lane.call_many(script_for(algo), batch)
-        else:
-            replies = script_for(algo).many(self.redis, batch)
+        replies = self._run.many(script_for(algo), [([self.key(algo, n)], self._args(c, params)) for n, c in calls])
         for r in replies:
             if isinstance(r, Exception):
                 raise r
@@ -129,22 +122,16 @@ class AsyncRedisBackend(RedisBackend):
     """``RedisBackend`` over an asyncio client (``redis.asyncio``): limiter methods become awaitables."""
 
     is_async = True
-    _lane_cls = AsyncDirectLane
+    _runner_cls = AsyncRunner
 
     async def adecide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
-        keys, args = [self.key(algo, name)], self._args(cost, params)
-        if self._lane is not None:
-            return parse_raw(await self._lane.call(script_for(algo), keys, args))
-        return parse_raw(await script_for(algo).acall(self.redis, keys, args))
+        return parse_raw(await self._run(script_for(algo), [self.key(algo, name)], self._args(cost, params)))
 
     async def adecide_many(
         self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params
     ) -> list[Raw]:
         batch = [([self.key(algo, n)], self._args(c, params)) for n, c in calls]
-        if self._lane is not None:
-            replies = await self._lane.call_many(script_for(algo), batch)
-        else:
-            replies = await script_for(algo).amany(self.redis, batch)
+        replies = await self._run.many(script_for(algo), batch)
         for r in replies:
             if isinstance(r, Exception):
                 raise r

@@ -7,12 +7,12 @@ import time
 
 
 def make_store(kind: str, url: str, schema: str):
-    if kind == "redis":
+    if kind.startswith("redis"):
         import redis
 
         from distkit.idempotency import RedisIdempotencyStore
 
-        return RedisIdempotencyStore(redis.Redis.from_url(url), prefix="idem-" + schema)
+        return RedisIdempotencyStore(redis.Redis.from_url(url), prefix="idem-" + schema, direct=kind == "redis")
     from sqlalchemy import create_engine
 
     from distkit.idempotency import SqlIdempotencyStore

@@ -25,15 +25,18 @@ from distkit.idempotency import RedisIdempotencyStore, SqlIdempotencyStore, idem
 from tests.idempotency._workers import deliver
 
 
-@pytest.fixture(params=["redis", "sql"])
+@pytest.fixture(params=["redis", "redis-client-path", "sql"])
 def store_kind(request):
+    """ "redis" runs the scripts over the direct lane, "redis-client-path" through redis-py (``direct=False``)."""
     return request.param
 
 
 @pytest.fixture
 def store(store_kind, request, namespace):
-    if store_kind == "redis":
-        return RedisIdempotencyStore(request.getfixturevalue("redis_client"), prefix=f"idem-{namespace}")
+    if store_kind.startswith("redis"):
+        return RedisIdempotencyStore(
+            request.getfixturevalue("redis_client"), prefix=f"idem-{namespace}", direct=store_kind == "redis"
+        )
     return SqlIdempotencyStore(request.getfixturevalue("pg_engine"))
 
 
@@ -161,7 +164,7 @@ def test_records_expire_after_ttl(store, store_kind, request):
 
     key = uuid.uuid4().hex
     handle(key)
-    if store_kind == "redis":
+    if store_kind.startswith("redis"):
         pttl = request.getfixturevalue("redis_client").pttl(
             store.record_key(f"{handle.__module__}.{handle.__qualname__}:{key}")
         )
@@ -180,9 +183,9 @@ def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
 ):
     counter = f"{{{namespace}}}:runs"
     key = f"order-{uuid.uuid4().hex}"
-    url = redis_url if store_kind == "redis" else database_url
-    schema = namespace if store_kind == "redis" else pg_schema
-    if store_kind == "redis":
+    url = redis_url if store_kind.startswith("redis") else database_url
+    schema = namespace if store_kind.startswith("redis") else pg_schema
+    if store_kind.startswith("redis"):
         store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(5)  # 4 children + this test
@@ -235,8 +238,8 @@ def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
 ):
     counter = f"{{{namespace}}}:runs"
     key = f"order-{uuid.uuid4().hex}"
-    url = redis_url if store_kind == "redis" else database_url
-    schema = namespace if store_kind == "redis" else pg_schema
+    url = redis_url if store_kind.startswith("redis") else database_url
+    schema = namespace if store_kind.startswith("redis") else pg_schema
     ctx = multiprocessing.get_context("spawn")
     victim = ctx.Process(
         target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 60, 6.0, None, str(tmp_path / "victim"))
@@ -307,6 +310,26 @@ def test_late_finisher_after_reclaim_does_not_overwrite(store):
     t.join()
     assert len(errors) == 1 and errors[0].result == "stale"
     assert fresh(key) == "fresh" and slow(key) == "fresh"  # the stored result is the new owner's
+
+
+def test_redis_scripts_are_safe_to_resend(redis_client, namespace):
+    """The direct lane resends a script once when a reused connection turns out dead; if the first send had run,
+    the repeat by the same owner must answer the same."""
+    store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
+    k = uuid.uuid4().hex
+    assert store.begin(k, "tok-1", "h", 60_000, 60_000).outcome.value == "claimed"
+    assert store.begin(k, "tok-1", "h", 60_000, 60_000).outcome.value == "claimed"  # resent begin
+    assert store.begin(k, "tok-2", "h", 60_000, 60_000).outcome.value == "in_progress"  # anyone else waits
+    assert store.complete(k, "tok-1", b"result", 60_000) is True
+    assert store.complete(k, "tok-1", b"result", 60_000) is True  # resent complete
+    assert store.complete(k, "tok-2", b"other", 60_000) is False  # never the owner
+    done = store.begin(k, "tok-3", "h", 60_000, 60_000)
+    assert done.outcome.value == "completed" and done.result == b"result"
+    k2 = uuid.uuid4().hex
+    store.begin(k2, "tok-1", "h", 60_000, 60_000)
+    assert store.release(k2, "tok-1") is True
+    assert store.release(k2, "tok-1") is False  # resent release: already gone, nothing else touched
+    assert store.begin(k2, "tok-4", "h", 60_000, 60_000).outcome.value == "claimed"
 
 
 def test_store_unreachable_raises_by_default_or_runs_unguarded(private_redis):

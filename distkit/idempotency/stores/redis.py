@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from distkit._redis import Script, key
+from distkit._redis.direct import AsyncRunner, Runner
 from distkit.idempotency.record import BeginResult, Outcome
 
 _BEGIN = Script("idempotency", "begin")
@@ -30,34 +31,40 @@ class RedisIdempotencyStore:
     (``redis.asyncio``) for ``async def`` handlers.
 
     Round trips: a first run costs two (begin, complete), a duplicate one (begin returns the result).
+
+    ``direct=True`` (default) runs the scripts over private connections of a plain redis-py client, skipping
+    redis-py's per-command overhead (see :mod:`distkit._redis.direct`); a reused connection found dead is
+    replaced and the script resent once, which every script here tolerates (resending begin, complete or
+    release by the same owner answers the same). ``direct=False`` keeps the client's own command path.
     """
 
-    def __init__(self, redis_client: Any, prefix: str = "idem") -> None:
+    def __init__(self, redis_client: Any, prefix: str = "idem", *, direct: bool = True) -> None:
         self.redis = redis_client
         self.prefix = prefix
         self.is_async = inspect.iscoroutinefunction(getattr(redis_client, "execute_command", None))
+        self._run: Any = (AsyncRunner if self.is_async else Runner)(redis_client, direct=direct)
 
     def record_key(self, idempotency_key: str) -> str:
         return key(self.prefix, idempotency_key)
 
     def begin(self, key: str, token: str, payload_hash: str, in_progress_ttl_ms: int, ttl_ms: int) -> BeginResult:
         args: list[str | int] = [token, payload_hash, in_progress_ttl_ms, max(ttl_ms, in_progress_ttl_ms)]
-        return parse_begin(_BEGIN(self.redis, [self.record_key(key)], args))
+        return parse_begin(self._run(_BEGIN, [self.record_key(key)], args))
 
     def complete(self, key: str, token: str, result: bytes, ttl_ms: int) -> bool:
-        return bool(_COMPLETE(self.redis, [self.record_key(key)], [token, result, ttl_ms]))
+        return bool(self._run(_COMPLETE, [self.record_key(key)], [token, result, ttl_ms]))
 
     def release(self, key: str, token: str) -> bool:
-        return bool(_RELEASE(self.redis, [self.record_key(key)], [token]))
+        return bool(self._run(_RELEASE, [self.record_key(key)], [token]))
 
     async def abegin(
         self, key: str, token: str, payload_hash: str, in_progress_ttl_ms: int, ttl_ms: int
     ) -> BeginResult:
         args: list[str | int] = [token, payload_hash, in_progress_ttl_ms, max(ttl_ms, in_progress_ttl_ms)]
-        return parse_begin(await _BEGIN.acall(self.redis, [self.record_key(key)], args))
+        return parse_begin(await self._run(_BEGIN, [self.record_key(key)], args))
 
     async def acomplete(self, key: str, token: str, result: bytes, ttl_ms: int) -> bool:
-        return bool(await _COMPLETE.acall(self.redis, [self.record_key(key)], [token, result, ttl_ms]))
+        return bool(await self._run(_COMPLETE, [self.record_key(key)], [token, result, ttl_ms]))
 
     async def arelease(self, key: str, token: str) -> bool:
-        return bool(await _RELEASE.acall(self.redis, [self.record_key(key)], [token]))
+        return bool(await self._run(_RELEASE, [self.record_key(key)], [token]))
