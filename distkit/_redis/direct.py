@@ -60,7 +60,8 @@ class _LaneBase:
         self._pool = pool
         self._encoding: str = pool.connection_kwargs.get("encoding", "utf-8")
         self._idle: list[Any] = []
-        self._heads: dict[tuple[str, int], bytes] = {}
+        self._heads: dict[tuple[str, int, int], bytes] = {}
+        self._arg_bulks: dict[tuple[type, Any], bytes] = {}  # small repeated arguments (costs, packed params)
         _LANES.add(self)
 
     def _new_connection(self) -> Any:
@@ -82,20 +83,34 @@ class _LaneBase:
             raise DataError(f"cannot send {value!r} to Redis")  # the same refusal as redis-py's encoder
         return repr(value).encode() if isinstance(value, float) else str(value).encode()
 
+    def _bulk(self, value: KeyT | ArgT) -> bytes:
+        b = self._encode(value)
+        return b"$%d\r\n%s\r\n" % (len(b), b)
+
+    def _arg_bulk(self, value: ArgT) -> bytes:
+        """Arguments repeat (a cost of 1, a limiter's packed parameters): their RESP form is kept, keyed by type
+        and value (so ``True`` never hits ``1``), for values up to 64 bytes, at most 4096 of them."""
+        k = (value.__class__, value)
+        b = self._arg_bulks.get(k)
+        if b is None:
+            b = self._bulk(value)
+            if len(b) <= 72:
+                if len(self._arg_bulks) >= 4096:
+                    self._arg_bulks.clear()
+                self._arg_bulks[k] = b
+        return b
+
     def pack(self, command: str, head: str, keys: Sequence[KeyT], args: Sequence[ArgT]) -> bytes:
         """``command head len(keys) *keys *args`` as one RESP array; the fixed head is cached per arity."""
         n = len(keys) + len(args)
-        cached = self._heads.get((head, n))
+        cached = self._heads.get((head, len(keys), n))
         if cached is None:
             parts = [command.encode(), head.encode(), str(len(keys)).encode()]
             cached = b"*%d\r\n" % (n + 3) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
             if command == "EVALSHA":
-                self._heads[(head, n)] = cached
-        out = [cached]
-        for v in (*keys, *args):
-            b = self._encode(v)
-            out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        return b"".join(out)
+                self._heads[(head, len(keys), n)] = cached
+        bulk, arg_bulk = self._bulk, self._arg_bulk
+        return b"".join([cached, *[bulk(k) for k in keys], *[arg_bulk(a) for a in args]])
 
     def pack_call(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT]) -> bytes:
         return self.pack("EVALSHA", script.sha, keys, args)

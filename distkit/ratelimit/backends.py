@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distkit._redis import Script, key
+from distkit._redis import Script, is_cluster, key
 from distkit._redis.direct import AsyncRunner, Runner
 from distkit.clock import Clock
 from distkit.ratelimit.algorithms import Params, Raw
@@ -16,12 +16,26 @@ from distkit.ratelimit.algorithms import Params, Raw
 StepFn = Callable[[Any, int, int, Params], tuple[Any, Raw]]
 
 _SCRIPTS: dict[str, Script] = {}
+BATCH = 100  # keys per script call in acquire_many: ~0.3 ms of Redis time, short enough not to stall others
 
 
 def script_for(name: str) -> Script:
     if name not in _SCRIPTS:
         _SCRIPTS[name] = Script("ratelimit", name)
     return _SCRIPTS[name]
+
+
+def _flatten(replies: list[Any]) -> list[Raw]:
+    """Script replies of a batch (a string for one key, a list for several) as one list of decisions."""
+    out: list[Raw] = []
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+        if isinstance(r, list):
+            out.extend(parse_raw(x) for x in r)
+        else:
+            out.append(parse_raw(r))
+    return out
 
 
 def parse_raw(reply: bytes) -> Raw:
@@ -97,19 +111,29 @@ class RedisBackend:
         # name = "<limiter name>:<user key>" (unique per limiter); same shape as distkit._redis.key, inlined
         return f"{{{self.prefix}:{name}}}"
 
+    def _now(self) -> str | int:
+        return self._clock() * 1000 if self._clock is not None else ""
+
     def _args(self, cost: int, params: Params) -> list[bytes | int | str]:
-        now: str | int = self._clock() * 1000 if self._clock is not None else ""
-        return [now, cost, *params.args]
+        return [self._now(), *params.args, cost]
+
+    def _batches(
+        self, algo: str, calls: Sequence[tuple[str, int]], params: Params
+    ) -> list[tuple[list[str], list[Any]]]:
+        """``acquire_many`` as script calls of up to BATCH keys each (one script decides them all, at one ``now``),
+        sent together in one pipelined round trip. On Redis Cluster keys live in different slots: one per call."""
+        size = 1 if is_cluster(self.redis) else BATCH
+        out = []
+        for i in range(0, len(calls), size):
+            chunk = calls[i : i + size]
+            out.append(([self.key(algo, n) for n, _ in chunk], [self._now(), *params.args, *(c for _, c in chunk)]))
+        return out
 
     def decide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
         return parse_raw(self._run(script_for(algo), [self.key(algo, name)], self._args(cost, params)))
 
     def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Raw]:
-        replies = self._run.many(script_for(algo), [([self.key(algo, n)], self._args(c, params)) for n, c in calls])
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
-        return [parse_raw(r) for r in replies]
+        return _flatten(self._run.many(script_for(algo), self._batches(algo, calls, params)))
 
     def get_config(self, name: str) -> bytes | None:
         return self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]
@@ -130,12 +154,7 @@ class AsyncRedisBackend(RedisBackend):
     async def adecide_many(
         self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params
     ) -> list[Raw]:
-        batch = [([self.key(algo, n)], self._args(c, params)) for n, c in calls]
-        replies = await self._run.many(script_for(algo), batch)
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
-        return [parse_raw(r) for r in replies]
+        return _flatten(await self._run.many(script_for(algo), self._batches(algo, calls, params)))
 
     async def aget_config(self, name: str) -> bytes | None:
         return await self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]

@@ -133,6 +133,30 @@ def test_acquire_many_is_one_batch_with_the_same_answers(backend_for, fake_clock
     assert [d.remaining for d in ds] == [2, 0, 0, 0]
 
 
+LIMITERS = {
+    "token": lambda b: TokenBucket(Rate(10, per_s=1.0), burst=4, backend=b),
+    "leaky-queue": lambda b: LeakyBucket(Rate(10, per_s=1.0), capacity=4, mode="queue", backend=b),
+    "fixed": lambda b: FixedWindow(Rate(5, per_s=1.0), backend=b),
+    "log": lambda b: SlidingWindowLog(Rate(5, per_s=1.0), backend=b),
+    "counter": lambda b: SlidingWindowCounter(Rate(5, per_s=1.0), backend=b),
+}
+
+
+@pytest.mark.parametrize("algo", list(LIMITERS))
+def test_a_large_batch_answers_exactly_like_calls_one_by_one(algo, backend_for, fake_clock):
+    """acquire_many splits into script calls of many keys each (one round trip): the answers must be exactly
+    those of the same requests made one at a time, in order, repeated keys included."""
+    requests = [(f"k{(i * 7) % 30}", (i % 3) + (i % 2)) for i in range(250)]  # > one script batch; costs 0..3
+    batched = LIMITERS[algo](backend_for(fake_clock)).acquire_many(requests)
+    one_by_one = LIMITERS[algo](MemoryBackend(clock=fake_clock))
+    expected = [one_by_one.acquire(k, c) for k, c in requests]
+    assert [(d.allowed, d.remaining) for d in batched] == [(d.allowed, d.remaining) for d in expected]
+    for got, want in zip(batched, expected, strict=True):
+        assert approx(got.retry_after_s, want.retry_after_s) and approx(got.reset_after_s, want.reset_after_s)
+        assert approx(got.delay_s, want.delay_s)
+    assert 0 < sum(d.allowed for d in batched) < len(requests)  # both answers occur
+
+
 def test_invalid_rates():
     for bad in [(0, 1.0), (5, 0), (5, -1), (1.5, 1.0), (True, 1.0)]:
         with pytest.raises(InvalidRateError):
