@@ -74,6 +74,10 @@ class _LaneBase:
         except IndexError:
             return self._new_connection(), False
 
+    def _take_idle(self) -> list[Any]:
+        idle, self._idle = self._idle, []
+        return idle
+
     def _encode(self, value: KeyT | ArgT) -> bytes:
         if value.__class__ is bytes:
             return value
@@ -126,8 +130,7 @@ class _LaneBase:
         return self.pack_eval(script, *calls[first]) + b"".join(self.pack_call(script, *calls[i]) for i in rest)
 
     def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn in self._take_idle():
             try:
                 conn.disconnect()
             except Exception:  # pragma: no cover - closing is best effort
@@ -145,29 +148,33 @@ class DirectLane(_LaneBase):
         return cls(pool) if pool is not None else None
 
     def _roundtrip(self, payload: bytes, replies: int) -> list[Any]:
-        """Send ``payload`` and read ``replies`` answers; a reused connection that turns out dead is replaced once.
-        Error replies come back in place (as exceptions) so a batch is always read to its end."""
-        for _attempt in (0, 1):
-            conn, reused = self._checkout()
-            try:
-                conn.send_packed_command([payload], check_health=False)
-                out: list[Any] = []
-                for _ in range(replies):
-                    try:
-                        out.append(conn.read_response())
-                    except ResponseError as exc:
-                        out.append(exc)
-            except RedisConnectionError:
-                conn.disconnect()
-                if reused:
-                    continue
+        """Send ``payload`` and read ``replies`` answers. A reused connection that turns out dead means the server
+        dropped us (restart, failover, idle timeout): every idle connection is discarded and the payload is sent
+        once more on a fresh one. Error replies come back in place, so a batch is always read to its end."""
+        conn, reused = self._checkout()
+        try:
+            return self._exchange(conn, payload, replies)
+        except RedisConnectionError:
+            if not reused:
                 raise
-            except BaseException:
-                conn.disconnect()  # timeout or interrupt mid-reply: the stream position is unknown
-                raise
-            self._idle.append(conn)
-            return out
-        raise AssertionError("unreachable")  # pragma: no cover
+        for stale in self._take_idle():
+            stale.disconnect()
+        return self._exchange(self._new_connection(), payload, replies)
+
+    def _exchange(self, conn: Any, payload: bytes, replies: int) -> list[Any]:
+        try:
+            conn.send_packed_command([payload], check_health=False)
+            out: list[Any] = []
+            for _ in range(replies):
+                try:
+                    out.append(conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+        except BaseException:
+            conn.disconnect()  # dead, timed out or interrupted mid-reply: the stream position is unknown
+            raise
+        self._idle.append(conn)
+        return out
 
     def call(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
         """``script(keys, args)``: one round trip unless the server has not seen the script yet."""
@@ -207,27 +214,30 @@ class AsyncDirectLane(_LaneBase):
         return cls(pool) if pool is not None else None
 
     async def _roundtrip(self, payload: bytes, replies: int) -> list[Any]:
-        for _attempt in (0, 1):
-            conn, reused = self._checkout()
-            try:
-                await conn.send_packed_command([payload], check_health=False)
-                out: list[Any] = []
-                for _ in range(replies):
-                    try:
-                        out.append(await conn.read_response())
-                    except ResponseError as exc:
-                        out.append(exc)
-            except RedisConnectionError:
-                await conn.disconnect(nowait=True)
-                if reused:
-                    continue
+        conn, reused = self._checkout()
+        try:
+            return await self._exchange(conn, payload, replies)
+        except RedisConnectionError:
+            if not reused:
                 raise
-            except BaseException:
-                await conn.disconnect(nowait=True)  # cancelled or timed out mid-reply
-                raise
-            self._idle.append(conn)
-            return out
-        raise AssertionError("unreachable")  # pragma: no cover
+        for stale in self._take_idle():
+            await stale.disconnect(nowait=True)
+        return await self._exchange(self._new_connection(), payload, replies)
+
+    async def _exchange(self, conn: Any, payload: bytes, replies: int) -> list[Any]:
+        try:
+            await conn.send_packed_command([payload], check_health=False)
+            out: list[Any] = []
+            for _ in range(replies):
+                try:
+                    out.append(await conn.read_response())
+                except ResponseError as exc:
+                    out.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)  # dead, cancelled or timed out mid-reply
+            raise
+        self._idle.append(conn)
+        return out
 
     async def call(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
         (reply,) = await self._roundtrip(self.pack_call(script, keys, args), 1)
@@ -249,8 +259,7 @@ class AsyncDirectLane(_LaneBase):
         return replies
 
     async def aclose(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn in self._take_idle():
             await conn.disconnect(nowait=True)
 
 

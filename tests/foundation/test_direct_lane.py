@@ -88,6 +88,21 @@ def test_a_killed_idle_connection_is_replaced_and_the_script_runs_once(private_r
     assert int(client.get("n")) == 2
 
 
+def test_a_restarted_server_costs_one_resend_however_many_connections_were_idle(private_redis):
+    client = redis.Redis.from_url(private_redis.url)
+    lane, script = lane_for(client), InlineScript(COUNT)
+    assert lane.call(script, ["n"], [1]) == 1
+    for _ in range(3):  # as after a burst of concurrent calls: several idle connections
+        extra = lane._new_connection()
+        extra.connect()
+        lane._idle.append(extra)
+    assert len(lane._idle) == 4
+    private_redis.stop()
+    private_redis.start()
+    assert lane.call(script, ["n"], [1]) == 1  # a fresh server; the dead ones are discarded, not tried in turn
+    assert len(lane._idle) == 1
+
+
 def test_redis_down_raises_connection_error_then_recovers(private_redis):
     client = redis.Redis.from_url(private_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     lane, script = lane_for(client), InlineScript(COUNT)
