@@ -129,13 +129,6 @@ class _LaneBase:
         first, *rest = missed
         return self.pack_eval(script, *calls[first]) + b"".join(self.pack_call(script, *calls[i]) for i in rest)
 
-    def close(self) -> None:
-        for conn in self._take_idle():
-            try:
-                conn.disconnect()
-            except Exception:  # pragma: no cover - closing is best effort
-                continue
-
 
 class DirectLane(_LaneBase):
     """Sync lane; :meth:`for_client` returns ``None`` for clients that must keep the normal path."""
@@ -175,6 +168,11 @@ class DirectLane(_LaneBase):
             raise
         self._idle.append(conn)
         return out
+
+    def close(self) -> None:
+        """Disconnect the idle connections (a later call opens a new one)."""
+        for conn in self._take_idle():
+            conn.disconnect()
 
     def call(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
         """``script(keys, args)``: one round trip unless the server has not seen the script yet."""

@@ -135,6 +135,11 @@ class RedisBackend:
     def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Raw]:
         return _flatten(self._run.many(script_for(algo), self._batches(algo, calls, params)))
 
+    def close(self) -> None:
+        """Close the direct lane's private connections (the client and its pool stay yours to close)."""
+        if self._run.lane is not None:
+            self._run.lane.close()
+
     def get_config(self, name: str) -> bytes | None:
         return self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]
 
@@ -155,6 +160,14 @@ class AsyncRedisBackend(RedisBackend):
         self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params
     ) -> list[Raw]:
         return _flatten(await self._run.many(script_for(algo), self._batches(algo, calls, params)))
+
+    def close(self) -> None:
+        raise TypeError("AsyncRedisBackend holds asyncio connections: use `await backend.aclose()`")
+
+    async def aclose(self) -> None:
+        """Async twin of :meth:`RedisBackend.close`."""
+        if self._run.lane is not None:
+            await self._run.lane.aclose()
 
     async def aget_config(self, name: str) -> bytes | None:
         return await self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]

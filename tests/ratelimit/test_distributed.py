@@ -162,6 +162,21 @@ async def test_async_backend_and_decorator(async_redis_client, namespace):
         await lim.wait("u2", timeout=0.1)
 
 
+def test_closing_a_backend_releases_its_connections(redis_client, namespace):
+    backend = RedisBackend(redis_client, prefix=namespace)
+    lim = FixedWindow(Rate(5, per_s=60), backend=backend)
+    assert lim.acquire("k").remaining == 4
+    (conn,) = backend._run.lane._idle
+    port = conn._sock.getsockname()[1]
+    backend.close()
+    assert conn._sock is None and backend._run.lane._idle == []
+    deadline = time.monotonic() + 5  # the server notices the closed socket on its next event-loop turn
+    while any(c["addr"].endswith(f":{port}") for c in redis_client.client_list()):
+        assert time.monotonic() < deadline, f"the lane connection from port {port} is still open on the server"
+        time.sleep(0.01)
+    assert lim.acquire("k").remaining == 3  # a later decision simply opens a new connection
+
+
 def test_sync_decorator_and_wait(redis_client, namespace):
     lim = TokenBucket(Rate(20, per_s=1.0), burst=1, backend=RedisBackend(redis_client, prefix=namespace))
 
