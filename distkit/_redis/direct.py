@@ -35,6 +35,9 @@ from distkit._redis.scripts import ArgT, KeyT, Script
 _LANES: weakref.WeakSet[_LaneBase] = weakref.WeakSet()
 
 
+_CACHEABLE = frozenset({bytes, str, int, float})
+
+
 def _forget_parent_connections() -> None:
     for lane in list(_LANES):
         lane._idle.clear()  # the sockets belong to the parent; never write to them from the child
@@ -83,6 +86,8 @@ class _LaneBase:
             return value
         if value.__class__ is str:
             return value.encode(self._encoding)
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
         if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
             raise DataError(f"cannot send {value!r} to Redis")  # the same refusal as redis-py's encoder
         return repr(value).encode() if isinstance(value, float) else str(value).encode()
@@ -93,7 +98,9 @@ class _LaneBase:
 
     def _arg_bulk(self, value: ArgT) -> bytes:
         """Arguments repeat (a cost of 1, a limiter's packed parameters): their RESP form is kept, keyed by type
-        and value (so ``True`` never hits ``1``), for values up to 64 bytes, at most 4096 of them."""
+        and value (so ``True`` never hits ``1``), when it is at most 72 bytes, for at most 4096 values."""
+        if value.__class__ not in _CACHEABLE:
+            return self._bulk(value)
         k = (value.__class__, value)
         b = self._arg_bulks.get(k)
         if b is None:

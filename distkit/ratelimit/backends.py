@@ -83,7 +83,8 @@ class MemoryBackend:
 
 
 class RedisBackend:
-    """Redis (plain or Cluster). Keys are ``{prefix:<algorithm>:<name>}`` and always carry a PTTL.
+    """Redis (plain or Cluster). Keys are ``{prefix:<limiter name>:<key>}`` (window counters add ``:<window>``
+    inside the same hash slot) and always carry a PTTL.
 
     ``clock`` makes the *client* supply the time instead of Redis ``TIME``: for deterministic tests only
     (in production, client clocks skew; Redis time does not).

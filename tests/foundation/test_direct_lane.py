@@ -55,6 +55,17 @@ def test_replies_are_exactly_what_redis_py_returns(redis_url, namespace, decode)
     client.delete(k)
 
 
+def test_arguments_are_encoded_like_redis_py_and_bad_ones_refused(redis_client):
+    lane = lane_for(redis_client)
+    echo = InlineScript("return ARGV")
+    args = ["é", b"\x00\xff", 7, 2.5, bytearray(b"ba"), memoryview(b"mv"), 1, 1.0]
+    assert lane.call(echo, [], args) == redis_client.eval("return ARGV", 0, *args)
+    for bad in (True, None, [1], {"a": 1}):
+        with pytest.raises(redis.DataError):
+            lane.call(echo, [], [bad])
+    assert lane.call(echo, [], [1]) == [b"1"]  # a refused argument sent nothing: the connection is in step
+
+
 def test_noscript_is_answered_by_eval_and_each_call_runs_once(redis_client, namespace):
     lane, script = lane_for(redis_client), InlineScript(COUNT)
     k = f"{{{namespace}}}:count"
