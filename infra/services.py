@@ -411,6 +411,15 @@ def kafka_ready(port: int) -> bool:
     return True  # no client installed yet: an open port is the best we can check
 
 
+def format_kafka_storage(props: Path, cluster_id: str) -> None:
+    """``kafka-storage format``. The id goes as ``--cluster-id=<id>``: a urlsafe-base64 id starts with "-" one
+    time in 64, and argparse would take ``-t -xyz`` for a missing value."""
+    fmt = subprocess.run([*kafka_java(), "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                          "-c", str(props)], capture_output=True, text=True)
+    if fmt.returncode != 0:
+        raise SetupError("kafka storage format failed:\n" + (fmt.stdout + fmt.stderr)[-3000:])
+
+
 def start_kafka(ports: dict[str, object]) -> None:
     ensure_kafka_libs()
     d = STATE / "kafka"
@@ -427,11 +436,7 @@ def start_kafka(ports: dict[str, object]) -> None:
     d.mkdir(parents=True)
     props = d / "server.properties"
     props.write_text(kafka_properties(port, cport, d / "data"))
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    fmt = subprocess.run([*kafka_java(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                          "-c", str(props)], capture_output=True, text=True)
-    if fmt.returncode != 0:
-        raise SetupError("kafka storage format failed:\n" + (fmt.stdout + fmt.stderr)[-3000:])
+    format_kafka_storage(props, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     t0 = time.monotonic()
     with open(logf, "w") as out:
         proc = subprocess.Popen([*kafka_java(), "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,

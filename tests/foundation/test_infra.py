@@ -77,3 +77,11 @@ def test_cluster_ports_skip_pairs_whose_bus_port_is_taken(services):
         ports = services.free_cluster_ports(first, 3)
     assert first not in ports and len(ports) == 3
     assert all(p <= 55535 for p in ports)
+
+
+def test_kafka_storage_formats_a_cluster_id_that_starts_with_a_dash(services, tmp_path, kafka_bootstrap):
+    """One random id in 64 starts with "-"; formatting once failed on it (argparse read it as an option)."""
+    props = tmp_path / "server.properties"
+    props.write_text(services.kafka_properties(19492, 19493, tmp_path / "data"))
+    services.format_kafka_storage(props, "-" + "A" * 21)
+    assert (tmp_path / "data" / "meta.properties").read_text().count("cluster.id=-" + "A" * 21) == 1
