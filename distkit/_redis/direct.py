@@ -269,37 +269,79 @@ class AsyncDirectLane(_LaneBase):
 
 
 class Runner:
-    """How a module runs its scripts on one sync client: over a :class:`DirectLane` when the client can have one
-    and ``direct`` is on, else through the client's own command path (Cluster, test doubles, ``direct=False``)."""
+    """How a module runs its scripts and commands on one sync client.
 
-    def __init__(self, client: Any, *, direct: bool = True) -> None:
+    The contract every Redis-backed module codes against (the call-policy layer of ``distkit._redis``):
+
+    * ``runner(script, keys, args, deadline=...)`` runs one script; ``runner.many(script, calls, deadline=...)``
+      a batch; ``runner.command("TIME", deadline=...)`` one plain command (reply as ``client.execute_command``);
+    * ``deadline`` is an absolute ``time.monotonic()`` value; ``None`` means ``now + timeout_s`` (the runner's
+      documented default). The call returns or raises by then, whatever the client's ``retry=`` setting;
+    * outages (connection refused/reset, timeouts, the per-client outage breaker being open) raise
+      :class:`~distkit.errors.BackendUnavailableError`; error replies (``WRONGTYPE``, script errors) raise
+      ``redis.ResponseError`` unchanged, for the module to map to its own typed error.
+    """
+
+    def __init__(self, client: Any, *, direct: bool = True, timeout_s: float = 5.0) -> None:
         self.client = client
+        self.timeout_s = timeout_s
         self.lane = DirectLane.for_client(client) if direct else None
 
-    def __call__(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
+    def __call__(
+        self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = (), *, deadline: float | None = None
+    ) -> Any:
         if self.lane is not None:
             return self.lane.call(script, keys, args)
         return script(self.client, keys, args)
 
-    def many(self, script: Script, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+    def many(
+        self,
+        script: Script,
+        calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]],
+        *,
+        deadline: float | None = None,
+    ) -> list[Any]:
         if self.lane is not None:
             return self.lane.call_many(script, calls)
         return script.many(self.client, calls)
 
+    def command(self, *args: KeyT | ArgT, deadline: float | None = None) -> Any:
+        return self.client.execute_command(*args)
+
+    def close(self) -> None:
+        if self.lane is not None:
+            self.lane.close()
+
 
 class AsyncRunner:
-    """The asyncio twin of :class:`Runner`."""
+    """The asyncio twin of :class:`Runner` (same names, same contract, awaited)."""
 
-    def __init__(self, client: Any, *, direct: bool = True) -> None:
+    def __init__(self, client: Any, *, direct: bool = True, timeout_s: float = 5.0) -> None:
         self.client = client
+        self.timeout_s = timeout_s
         self.lane = AsyncDirectLane.for_client(client) if direct else None
 
-    async def __call__(self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = ()) -> Any:
+    async def __call__(
+        self, script: Script, keys: Sequence[KeyT], args: Sequence[ArgT] = (), *, deadline: float | None = None
+    ) -> Any:
         if self.lane is not None:
             return await self.lane.call(script, keys, args)
         return await script.acall(self.client, keys, args)
 
-    async def many(self, script: Script, calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]) -> list[Any]:
+    async def many(
+        self,
+        script: Script,
+        calls: Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]],
+        *,
+        deadline: float | None = None,
+    ) -> list[Any]:
         if self.lane is not None:
             return await self.lane.call_many(script, calls)
         return await script.amany(self.client, calls)
+
+    async def command(self, *args: KeyT | ArgT, deadline: float | None = None) -> Any:
+        return await self.client.execute_command(*args)
+
+    async def aclose(self) -> None:
+        if self.lane is not None:
+            await self.lane.aclose()
