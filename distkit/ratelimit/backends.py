@@ -6,12 +6,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distkit._redis import Script, is_cluster, key
-from distkit._redis.direct import AsyncRunner, Runner
 from distkit.clock import Clock
 from distkit.ratelimit.algorithms import Params, Raw
+
+if TYPE_CHECKING:  # redis-py loads with the first Redis backend: MemoryBackend works without the redis extra
+    from distkit._redis import Script
 
 StepFn = Callable[[Any, int, int, Params], tuple[Any, Raw]]
 
@@ -21,6 +22,8 @@ BATCH = 100  # keys per script call in acquire_many: ~0.3 ms of Redis time, shor
 
 def script_for(name: str) -> Script:
     if name not in _SCRIPTS:
+        from distkit._redis import Script
+
         _SCRIPTS[name] = Script("ratelimit", name)
     return _SCRIPTS[name]
 
@@ -97,7 +100,6 @@ class RedisBackend:
 
     is_async = False
     is_remote = True
-    _runner_cls: Any = Runner
 
     def __init__(
         self, redis_client: Any, prefix: str = "rl", *, clock: Clock | None = None, direct: bool = True
@@ -105,7 +107,9 @@ class RedisBackend:
         self.redis = redis_client
         self.prefix = prefix
         self._clock = clock
-        self._run = self._runner_cls(redis_client, direct=direct)
+        from distkit._redis import AsyncRunner, Runner, key
+
+        self._run: Any = (AsyncRunner if self.is_async else Runner)(redis_client, direct=direct)
         key(prefix, "x")  # validates the prefix once
 
     def key(self, algo: str, name: str) -> str:
@@ -123,6 +127,8 @@ class RedisBackend:
     ) -> list[tuple[list[str], list[Any]]]:
         """``acquire_many`` as script calls of up to BATCH keys each (one script decides them all, at one ``now``),
         sent together in one pipelined round trip. On Redis Cluster keys live in different slots: one per call."""
+        from distkit._redis import is_cluster
+
         size = 1 if is_cluster(self.redis) else BATCH
         out = []
         for i in range(0, len(calls), size):
@@ -142,9 +148,13 @@ class RedisBackend:
             self._run.lane.close()
 
     def get_config(self, name: str) -> bytes | None:
+        from distkit._redis import key
+
         return self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]
 
     def set_config(self, name: str, value: str, ttl_s: int) -> None:
+        from distkit._redis import key
+
         self.redis.set(key(self.prefix, f"__rate__:{name}"), value, ex=ttl_s)
 
 
@@ -152,7 +162,6 @@ class AsyncRedisBackend(RedisBackend):
     """``RedisBackend`` over an asyncio client (``redis.asyncio``): limiter methods become awaitables."""
 
     is_async = True
-    _runner_cls = AsyncRunner
 
     async def adecide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
         return parse_raw(await self._run(script_for(algo), [self.key(algo, name)], self._args(cost, params)))
@@ -171,7 +180,11 @@ class AsyncRedisBackend(RedisBackend):
             await self._run.lane.aclose()
 
     async def aget_config(self, name: str) -> bytes | None:
+        from distkit._redis import key
+
         return await self.redis.get(key(self.prefix, f"__rate__:{name}"))  # type: ignore[no-any-return]
 
     async def aset_config(self, name: str, value: str, ttl_s: int) -> None:
+        from distkit._redis import key
+
         await self.redis.set(key(self.prefix, f"__rate__:{name}"), value, ex=ttl_s)
