@@ -16,10 +16,10 @@ from distkit.idempotency.codec import JsonCodec, ResultCodec
 from distkit.idempotency.decorator import idempotent
 from distkit.idempotency.record import BeginResult, Outcome
 from distkit.idempotency.stores.base import IdempotencyStore
-from distkit.idempotency.stores.redis import RedisIdempotencyStore
 
 if TYPE_CHECKING:
     from distkit.idempotency.inbox import Inbox
+    from distkit.idempotency.stores.redis import RedisIdempotencyStore
     from distkit.idempotency.stores.sql import SqlIdempotencyStore
 
 __all__ = [
@@ -34,5 +34,9 @@ __all__ = [
     "idempotent",
 ]
 
-_LAZY = {"Inbox": "distkit.idempotency.inbox", "SqlIdempotencyStore": "distkit.idempotency.stores.sql"}
+_LAZY = {
+    "Inbox": "distkit.idempotency.inbox",
+    "RedisIdempotencyStore": "distkit.idempotency.stores.redis",
+    "SqlIdempotencyStore": "distkit.idempotency.stores.sql",
+}
 __getattr__ = lazy_getattr(__name__, _LAZY)

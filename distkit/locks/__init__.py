@@ -15,9 +15,29 @@ or task dies, and every key carries a TTL. See docs/locks.md.
 ...     db.update(order, fencing_token=lock.fencing_token)
 """
 
-from distkit.locks.aio import AsyncLock, AsyncLocks, AsyncSemaphore
-from distkit.locks.base import ReadWriteLock
-from distkit.locks.lock import Lock, Locks
-from distkit.locks.semaphore import Semaphore
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from distkit._lazy import lazy_getattr
+
+if TYPE_CHECKING:
+    from distkit.locks.aio import AsyncLock, AsyncLocks, AsyncSemaphore
+    from distkit.locks.base import ReadWriteLock
+    from distkit.locks.lock import Lock, Locks
+    from distkit.locks.semaphore import Semaphore
 
 __all__ = ["AsyncLock", "AsyncLocks", "AsyncSemaphore", "Lock", "Locks", "ReadWriteLock", "Semaphore"]
+
+# every lock talks to Redis: the names load on first use, so ``import distkit.locks`` works without the redis
+# extra and ``from distkit.locks import Locks`` then says ``pip install 'distkit[redis]'``
+_LAZY = {
+    "AsyncLock": "distkit.locks.aio",
+    "AsyncLocks": "distkit.locks.aio",
+    "AsyncSemaphore": "distkit.locks.aio",
+    "Lock": "distkit.locks.lock",
+    "Locks": "distkit.locks.lock",
+    "ReadWriteLock": "distkit.locks.base",
+    "Semaphore": "distkit.locks.semaphore",
+}
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -10,8 +10,13 @@ each on a per-process memory backend or Redis (one Lua script, one round trip, R
 See docs/ratelimit.md for choosing an algorithm, HTTP headers and failure policies.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from distkit._lazy import lazy_getattr
 from distkit.errors import RateLimitExceeded
-from distkit.ratelimit.backends import AsyncRedisBackend, MemoryBackend, RedisBackend
+from distkit.ratelimit.backends import MemoryBackend
 from distkit.ratelimit.decorator import qps_limit
 from distkit.ratelimit.limiter import (
     FixedWindow,
@@ -23,6 +28,9 @@ from distkit.ratelimit.limiter import (
 )
 from distkit.ratelimit.policy import FailurePolicy
 from distkit.ratelimit.rate import Decision, Rate
+
+if TYPE_CHECKING:
+    from distkit.ratelimit.backends import AsyncRedisBackend, RedisBackend
 
 __all__ = [
     "AsyncRedisBackend",
@@ -40,3 +48,7 @@ __all__ = [
     "TokenBucket",
     "qps_limit",
 ]
+
+# the Redis backends load on first use: without the redis extra they say ``pip install 'distkit[redis]'``
+_LAZY = {"AsyncRedisBackend": "distkit.ratelimit.backends", "RedisBackend": "distkit.ratelimit.backends"}
+__getattr__ = lazy_getattr(__name__, _LAZY, requires=dict.fromkeys(_LAZY, "redis"))
