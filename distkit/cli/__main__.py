@@ -1,5 +1,8 @@
+"""``python -m distkit.cli``: the same as ``python -m distkit`` and the ``distkit`` console script."""
+
 import sys
 
 from distkit.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
