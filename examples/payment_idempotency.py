@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import fakeredis
 
@@ -17,7 +18,7 @@ def main() -> None:
     charges: list[int] = []
 
     @idempotent(store, key=lambda req: req["idempotency_key"], payload=lambda req: req["amount_cents"])
-    def charge(req: dict) -> dict:
+    def charge(req: dict[str, Any]) -> dict[str, Any]:
         charges.append(req["amount_cents"])
         return {"receipt": uuid.uuid4(), "at": dt.datetime.now(dt.timezone.utc), "amount_cents": req["amount_cents"]}
 
