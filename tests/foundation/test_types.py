@@ -1,0 +1,75 @@
+"""Issue 16 §5: protocols for Redis clients that mypy can check, and lint that covers examples and CI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from distkit._types import AsyncRedisLike, SyncRedisLike, is_async_client
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SNIPPET = '''
+import fakeredis
+import redis
+import redis.asyncio as aredis
+from redis.cluster import RedisCluster
+
+from distkit._types import AsyncRedisLike, RedisLike, SyncRedisLike
+
+
+def takes_sync(c: SyncRedisLike) -> None: ...
+def takes_async(c: AsyncRedisLike) -> None: ...
+def takes_any(c: RedisLike) -> None: ...
+
+
+takes_sync(redis.Redis())
+takes_sync(RedisCluster(host="h"))
+takes_sync(fakeredis.FakeRedis())
+takes_async(aredis.Redis())
+takes_async(aredis.RedisCluster(host="h"))
+takes_any(redis.Redis())
+takes_any(aredis.Redis())
+takes_sync(aredis.Redis())  # line 22: an asyncio client where a sync one is expected
+takes_async(redis.Redis())  # line 23
+takes_async(fakeredis.FakeRedis())  # line 24
+takes_any(object())  # line 25
+'''
+
+
+@pytest.mark.slow
+def test_mypy_accepts_real_clients_and_rejects_the_wrong_kind(tmp_path):
+    from mypy import api
+
+    path = tmp_path / "snippet.py"
+    path.write_text(SNIPPET)
+    out, err, status = api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy"), str(path)])
+    errors = sorted(int(m.group(1)) for m in re.finditer(r"snippet\.py:(\d+): error:", out))
+    assert errors == [22, 23, 24, 25], out + err
+    assert status == 1
+
+
+def test_runtime_isinstance_and_is_async_client():
+    sync_clients = [redis.Redis(), fakeredis.FakeRedis(), redis.RedisCluster.__new__(redis.RedisCluster)]
+    async_clients = [aredis.Redis(), aredis.RedisCluster.__new__(aredis.RedisCluster)]
+    for c in sync_clients:
+        assert isinstance(c, SyncRedisLike) and not is_async_client(c)
+    for c in async_clients:
+        assert isinstance(c, AsyncRedisLike) and is_async_client(c)
+    assert not isinstance(aredis.Redis(), SyncRedisLike)  # no __enter__
+    assert not isinstance(redis.Redis(), AsyncRedisLike)  # no aclose / __aenter__
+    assert not is_async_client(object())
+
+
+def test_make_lint_covers_examples_and_ci_runs_lint_then_test():
+    makefile = (ROOT / "Makefile").read_text()
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check distkit tests bench examples infra" in lint
+    assert "mypy --strict distkit examples" in lint
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci == ["set -euo pipefail", "make lint", "make test"]
