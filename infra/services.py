@@ -267,28 +267,61 @@ def as_pg_user(cmd: list[str]) -> list[str]:
     return ["su", "postgres", "-s", "/bin/sh", "-c", " ".join(cmd)]
 
 
+def pg_dir_record() -> Path:
+    """The file in STATE that names this checkout's PostgreSQL directory (see :func:`pg_home`)."""
+    return STATE / "pg-dir"
+
+
+def world_searchable(path: Path) -> bool:
+    """Whether any user (``postgres``) can reach ``path``: every directory above it has o+x."""
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents] if p.exists())
+
+
+def pg_home() -> Path:
+    """This checkout's PostgreSQL directory: ``data/``, ``sock/`` and ``postgres.log``.
+
+    It lives under the system temp dir, not in the checkout: a clone in a directory the ``postgres`` user cannot
+    traverse (a mode-700 home, ``mktemp -d``) must still work. Made with ``mkdtemp`` (mode 700, a random name,
+    so no other user can pre-create or redirect it), owned by ``postgres`` when run as root, recorded in
+    ``STATE/pg-dir`` and removed by :func:`stop_postgres`.
+    """
+    import tempfile
+
+    recorded = pg_dir_record()
+    if recorded.exists():
+        home = Path(recorded.read_text().strip())
+        if home.is_dir() and home.name.startswith("distkit-pg-"):
+            return home
+    parents = [Path(tempfile.gettempdir()), Path("/tmp"), Path("/var/tmp")]
+    parent = next((p for p in parents if p.is_dir() and world_searchable(p)), None)
+    if parent is None:
+        raise SetupError(f"no temp dir the postgres user can reach among {[str(p) for p in parents]}; set TMPDIR")
+    home = Path(tempfile.mkdtemp(prefix="distkit-pg-", dir=parent))
+    STATE.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(f"{home}\n")
+    return home
+
+
 def start_postgres(ports: dict[str, object]) -> None:
     bindir = pg_bindir()
-    data, sock, logf = STATE / "pg" / "data", STATE / "pg" / "sock", STATE / "pg" / "postgres.log"
+    home = pg_home()
+    data, sock, logf = home / "data", home / "sock", home / "postgres.log"
     port = int(ports.get("postgres") or free_port(5440))  # type: ignore[call-overload]
     ports["postgres"] = port
     if read_pid_pg(data) and port_open(port):
         log(f"postgres already up on 127.0.0.1:{port}")
         return
     if not (data / "PG_VERSION").exists():
-        shutil.rmtree(STATE / "pg", ignore_errors=True)
-        data.mkdir(parents=True)
-        sock.mkdir(parents=True)
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(sock, ignore_errors=True)
+        data.mkdir(mode=0o700)
+        sock.mkdir(mode=0o700)
+        logf.touch()
         if is_root():
-            shutil.chown(STATE / "pg", "postgres", "postgres")
-            for p in (data, sock):
+            for p in (home, data, sock, logf):
                 shutil.chown(p, "postgres", "postgres")
-            STATE.chmod(0o755)
         run(as_pg_user([str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
                         "--auth=trust", "-E", "UTF8", "--no-sync"]))
-    if is_root() and not logf.exists():
-        logf.touch()
-        shutil.chown(logf, "postgres", "postgres")
     opts = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
     res = subprocess.run(as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(logf),
@@ -301,7 +334,7 @@ def start_postgres(ports: dict[str, object]) -> None:
                             capture_output=True, text=True).stdout.strip()
     if exists != "1":
         run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "distkit_test"])
-    log(f"postgres up on 127.0.0.1:{port} (database distkit_test)")
+    log(f"postgres up on 127.0.0.1:{port} (database distkit_test, cluster in {home})")
 
 
 def read_pid_pg(data: Path) -> int | None:
@@ -312,8 +345,7 @@ def read_pid_pg(data: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def stop_postgres() -> None:
-    data = STATE / "pg" / "data"
+def stop_postgres_cluster(data: Path) -> None:
     if read_pid_pg(data) is None:
         return
     subprocess.run(as_pg_user([str(pg_bindir() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
@@ -321,6 +353,19 @@ def stop_postgres() -> None:
     pid = read_pid_pg(data)
     if pid:
         kill_pid(pid, "postgres")
+
+
+def stop_postgres() -> None:
+    """Stop this checkout's cluster and remove its directory (also stops one in the old ``STATE/pg`` place)."""
+    stop_postgres_cluster(STATE / "pg" / "data")
+    recorded = pg_dir_record()
+    if not recorded.exists():
+        return
+    home = Path(recorded.read_text().strip())
+    if home.name.startswith("distkit-pg-"):  # never remove anything but a directory pg_home() made
+        stop_postgres_cluster(home / "data")
+        shutil.rmtree(home, ignore_errors=True)
+    recorded.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- kafka
