@@ -187,3 +187,14 @@ class SagaCompensationError(SagaError):
 
 class SagaTimeoutError(SagaError):
     """A saga step did not finish within its timeout."""
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+class TracingError(DistkitError):
+    """Base class of :mod:`distkit.tracing` errors."""
+
+
+class ShardNotSelectedError(TracingError, LookupError):
+    """The request context names no shard (and no default is set), or names one the router doesn't know."""
