@@ -189,6 +189,18 @@ class SagaTimeoutError(SagaError):
     """A saga step did not finish within its timeout."""
 
 
+class SagaOwnershipLostError(SagaError):
+    """Another coordinator took the saga over (this one's lease ran out); this one stops driving it."""
+
+
+class SagaBusyError(SagaError):
+    """The saga id is being driven by another live coordinator; ask its status or resume it later."""
+
+
+class SagaDefinitionError(SagaError, InvalidArgumentError):
+    """A saga id's record names a saga (or steps) this coordinator does not know; register the definition."""
+
+
 # --------------------------------------------------------------------------- tracing
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -27,38 +26,9 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from distkit.tracing.context import request_context
 from distkit.tracing.propagation import extract_context, inject_headers
+from distkit.tracing.spans import tracer_for as _tracer
 
 F = TypeVar("F", bound=Callable[..., Any])
-_INSTRUMENTATION = "distkit.tracing"
-
-
-_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-_TRACERS: dict[int, tuple[trace.TracerProvider, trace.Tracer]] = {}
-
-
-_UNKNOWN = object()
-_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
-
-
-def _tracer(provider: trace.TracerProvider | None) -> trace.Tracer | None:
-    """The tracer to use, or ``None`` when no SDK is configured (the no-op fast path).
-
-    ``trace.get_tracer_provider()`` looks at ``os.environ`` on every call while no provider is set (~1.3 us);
-    reading OpenTelemetry's global slot first keeps the no-SDK path well under a microsecond."""
-    if provider is None:
-        slot = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
-        if slot is None and not _ENV_PROVIDER:
-            return None
-    tp = provider if provider is not None else trace.get_tracer_provider()
-    if isinstance(tp, _NO_SDK):
-        return None
-    hit = _TRACERS.get(id(tp))
-    if hit is None or hit[0] is not tp:
-        hit = (tp, tp.get_tracer(_INSTRUMENTATION))
-        if len(_TRACERS) > 64:
-            _TRACERS.clear()
-        _TRACERS[id(tp)] = hit
-    return hit[1]
 
 
 def _headers_of(msg: Any) -> Any:
