@@ -261,3 +261,14 @@ class MissingClaimError(InvalidTokenError):
 
 class NoInstanceError(GatewayError):
     """No live instance of the service (none registered, all expired or all ejected)."""
+
+
+# --------------------------------------------------------------------------- stock
+
+
+class StockError(DistkitError):
+    """Base class of :mod:`distkit.stock` errors."""
+
+
+class StockNotLoadedError(StockError, LookupError):
+    """No stock was loaded for this SKU (``load()`` it first); never treated as "sold out"."""
