@@ -187,3 +187,88 @@ class SagaCompensationError(SagaError):
 
 class SagaTimeoutError(SagaError):
     """A saga step did not finish within its timeout."""
+
+
+class SagaOwnershipLostError(SagaError):
+    """Another coordinator took the saga over (this one's lease ran out); this one stops driving it."""
+
+
+class SagaBusyError(SagaError):
+    """The saga id is being driven by another live coordinator; ask its status or resume it later."""
+
+
+class SagaDefinitionError(SagaError, InvalidArgumentError):
+    """A saga id's record names a saga (or steps) this coordinator does not know; register the definition."""
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+class TracingError(DistkitError):
+    """Base class of :mod:`distkit.tracing` errors."""
+
+
+class ShardNotSelectedError(TracingError, LookupError):
+    """The request context names no shard (and no default is set), or names one the router doesn't know."""
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+class GatewayError(DistkitError):
+    """Base class of :mod:`distkit.gateway` errors."""
+
+
+class InvalidTokenError(GatewayError):
+    """A JWT was rejected. Subclasses say why; the message never contains the token."""
+
+
+class MalformedTokenError(InvalidTokenError):
+    """Not a JWT (bad segments, base64 or JSON)."""
+
+
+class DisallowedAlgorithmError(InvalidTokenError):
+    """The token's ``alg`` is not one the verifier pins (``none``, or HS256 where RS256 is expected...)."""
+
+
+class UnknownKeyError(InvalidTokenError):
+    """No verification key for the token's ``kid`` (also after refreshing the JWKS)."""
+
+
+class BadSignatureError(InvalidTokenError):
+    """The signature does not verify with the key for its ``kid``."""
+
+
+class TokenExpiredError(InvalidTokenError):
+    """``exp`` is in the past (beyond the leeway)."""
+
+
+class TokenNotYetValidError(InvalidTokenError):
+    """``nbf`` / ``iat`` is in the future (beyond the leeway)."""
+
+
+class BadAudienceError(InvalidTokenError):
+    """``aud`` does not name this verifier's audience."""
+
+
+class BadIssuerError(InvalidTokenError):
+    """``iss`` is not this verifier's issuer."""
+
+
+class MissingClaimError(InvalidTokenError):
+    """A required claim (``exp`` always) is absent."""
+
+
+class NoInstanceError(GatewayError):
+    """No live instance of the service (none registered, all expired or all ejected)."""
+
+
+# --------------------------------------------------------------------------- stock
+
+
+class StockError(DistkitError):
+    """Base class of :mod:`distkit.stock` errors."""
+
+
+class StockNotLoadedError(StockError, LookupError):
+    """No stock was loaded for this SKU (``load()`` it first); never treated as "sold out"."""

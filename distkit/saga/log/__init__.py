@@ -1,0 +1,1 @@
+"""Saga logs: SQL (PostgreSQL / SQLite) and in-memory."""

@@ -1,0 +1,35 @@
+"""What every stock strategy offers, so an order flow can switch strategy without changing code."""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol, runtime_checkable
+
+from distkit.errors import InvalidArgumentError
+
+_SKU = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+
+
+@runtime_checkable
+class Stock(Protocol):
+    """``try_deduct`` never sells below zero and is idempotent per ``order_id`` (a retried deduction for the
+    same order returns ``True`` again without deducting twice); ``restore`` is its compensation, once per
+    order (a deduction arriving after its order was restored is refused)."""
+
+    def load(self, sku: str, qty: int) -> None: ...
+
+    def try_deduct(self, sku: str, qty: int = 1, *, order_id: str) -> bool: ...
+
+    def restore(self, sku: str, order_id: str) -> int: ...
+
+    def available(self, sku: str) -> int: ...
+
+
+def check(sku: str, qty: int | None = None, order_id: str | None = None) -> None:
+    if not isinstance(sku, str) or not _SKU.match(sku):
+        raise InvalidArgumentError(f"sku must be 1-100 of [A-Za-z0-9._:-], got {sku!r}")
+    if qty is not None and (isinstance(qty, bool) or not isinstance(qty, int) or qty < 1 or qty > 10**9):
+        raise InvalidArgumentError(f"qty must be an int from 1 to 10**9, got {qty!r}")
+    if order_id is not None and (not isinstance(order_id, str) or not order_id or len(order_id) > 200
+                                 or order_id.startswith("__")):
+        raise InvalidArgumentError(f"order_id must be 1-200 characters not starting with '__', got {order_id!r}")
