@@ -122,14 +122,22 @@ class RedisStock(_RedisStockBase):
 
 
 class TokenPoolStock(_RedisStockBase):
-    """Strategy (c): one token per unit pre-loaded into a Redis SET; a buyer ``SPOP``\\ s one (or ``qty``)."""
+    """Strategy (c): one token per unit pre-loaded into a Redis SET; a buyer ``SPOP``\\ s one (or ``qty``).
+    Load before the sale opens: tokens are added 10,000 per script call."""
 
     def load(self, sku: str, qty: int) -> None:
         check(sku)
         if isinstance(qty, bool) or not isinstance(qty, int) or not 0 <= qty <= 10_000_000:
             raise InvalidArgumentError(f"qty must be an int from 0 to 10,000,000 tokens, got {qty!r}")
-        self._run(_LOAD_TOKENS, self._keys(sku, "pool", "owners", "events"), [sku, qty, self.ttl_ms],
-                  deadline=time.monotonic() + max(self._run.timeout_s, qty / 50_000))
+        keys = self._keys(sku, "pool", "owners", "events")
+        first = 1
+        while True:  # 10,000 tokens per script call, so loading a big sale never stalls Redis
+            last = min(first + 9_999, qty)
+            self._run(_LOAD_TOKENS, keys, [sku, first, last, self.ttl_ms, "1" if first == 1 else "0"],
+                      deadline=self._deadline())
+            if last >= qty:
+                return
+            first = last + 1
 
     def take(self, sku: str, order_id: str, qty: int = 1) -> str | None:
         """The token(s) this order holds (comma-separated), or ``None`` when sold out / the order was restored."""
