@@ -287,11 +287,14 @@ class DirectLane(_LaneBase):
 
     def _release(self, conn: Any) -> None:
         pool = self._pool
-        if pool.pid != _PID[0] or not pool.owns_connection(conn) or getattr(pool, "_in_maintenance", False):
-            pool.release(conn)  # redis-py's own rules for connections of another process / pool generation
+        if (
+            conn.pid != pool.pid
+            or pool.pid != _PID[0]
+            or getattr(conn, "_should_reconnect", False)
+            or (self._blocking and getattr(pool, "_in_maintenance", False))
+        ):
+            pool.release(conn)  # redis-py's own rules: another process's connection, a reconnect request, MOVING
             return
-        if conn.should_reconnect():
-            conn.disconnect()
         if self._blocking:
             try:
                 pool.pool.put_nowait(conn)
