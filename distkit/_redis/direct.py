@@ -71,6 +71,12 @@ os.register_at_fork(after_in_child=_after_fork)
 
 Calls = Sequence[tuple[Sequence[KeyT], Sequence[ArgT]]]
 
+# the pool internals the lane's checkout uses, per pool type (another redis-py version without them: own path)
+_SYNC_NEEDS = ("_available_connections", "_in_use_connections", "_lock", "make_connection", "pid", "_checkpid")
+_SYNC_BLOCKING_NEEDS = ("pool", "_connections", "make_connection", "pid", "_checkpid", "timeout")
+_ASYNC_NEEDS = ("_available_connections", "_in_use_connections", "get_available_connection")
+_ASYNC_BLOCKING_NEEDS = (*_ASYNC_NEEDS, "_condition", "can_get_connection", "timeout")
+
 
 def _deadline_error(what: str) -> RedisTimeoutError:
     return RedisTimeoutError(f"deadline reached before {what}")
@@ -98,7 +104,7 @@ def _plain_pool(
     if maint is True or (maint and str(pool.connection_kwargs.get("protocol", 2)) == "3"):
         return None  # push notifications arrive on idle sockets: redis-py handles them
     if not all(hasattr(pool, name) for name in needed):
-        return None
+        return None  # another redis-py version's internals: keep the client's path
     return pool
 
 
@@ -230,7 +236,8 @@ class DirectLane(_LaneBase):
             redis.Redis,
             (redis.ConnectionPool, redis.BlockingConnectionPool),
             (Connection, SSLConnection, UnixDomainSocketConnection),
-            ("_available_connections", "_in_use_connections", "_lock", "make_connection", "pid", "_checkpid"),
+            _SYNC_BLOCKING_NEEDS if type(getattr(client, "connection_pool", None)) is redis.BlockingConnectionPool
+            else _SYNC_NEEDS,
         )
         return cls(pool, client) if pool is not None else None
 
@@ -518,7 +525,8 @@ class AsyncDirectLane(_LaneBase):
             aredis.Redis,
             (aredis.ConnectionPool, aredis.BlockingConnectionPool),
             (Connection, SSLConnection, UnixDomainSocketConnection),
-            ("_available_connections", "_in_use_connections", "get_available_connection"),
+            _ASYNC_BLOCKING_NEEDS if type(getattr(client, "connection_pool", None)) is aredis.BlockingConnectionPool
+            else _ASYNC_NEEDS,
         )
         return cls(pool, client) if pool is not None else None
 

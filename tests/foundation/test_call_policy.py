@@ -62,6 +62,7 @@ def test_connections_never_exceed_max_connections_with_a_blocking_pool(private_r
     pool = redis.BlockingConnectionPool.from_url(private_redis.url, max_connections=2, timeout=20)
     client = redis.Redis(connection_pool=pool)
     runner, script = Runner(client), inline(COUNT)
+    assert runner.lane is not None  # the fast path, on the client's pool
     start, peak, stop = threading.Barrier(17), [0], threading.Event()
 
     def sample() -> None:
@@ -92,6 +93,7 @@ def test_connections_never_exceed_max_connections_with_a_blocking_pool(private_r
 def test_a_full_non_blocking_pool_raises_pool_exhausted_and_does_not_trip_the_breaker(private_redis):
     client = redis.Redis.from_url(private_redis.url, max_connections=2)
     runner, slow = Runner(client), inline(SLOW)
+    assert runner.lane is not None
     breaker_for(client).configure(threshold=1)
     start, errors, done = threading.Barrier(6), [], []
 
@@ -118,6 +120,7 @@ async def test_async_connections_never_exceed_max_connections(private_redis):
     pool = aredis.BlockingConnectionPool.from_url(private_redis.url, max_connections=10, timeout=20)
     client = aredis.Redis(connection_pool=pool)
     runner, script = AsyncRunner(client), inline(COUNT)
+    assert runner.lane is not None
 
     async def work() -> None:
         for _ in range(20):
@@ -400,3 +403,80 @@ def test_cluster_and_test_doubles_keep_their_own_path_and_share_the_breaker(redi
     fake.breaker.failed(time.monotonic())
     with pytest.raises(CircuitOpenError):
         fake(inline(COUNT), ["n"], [1])
+
+
+# --------------------------------------------------------------------------- more pool and breaker properties
+
+
+def test_a_blocking_pool_wait_is_cut_at_the_deadline(private_redis):
+    pool = redis.BlockingConnectionPool.from_url(private_redis.url, max_connections=1, timeout=30)
+    client = redis.Redis(connection_pool=pool)
+    runner, slow = Runner(client), inline(SLOW)
+    holder = threading.Thread(target=lambda: runner(slow, [], [600, "x"]))
+    holder.start()
+    while not pool._connections or pool.pool.qsize():  # until the only connection is checked out
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    with pytest.raises(PoolExhaustedError):
+        runner.command("PING", deadline=t0 + 0.2)  # the pool's own timeout (30 s) does not apply
+    assert time.monotonic() - t0 < 0.2 + 0.25
+    holder.join()
+    assert runner.command("PING") is True and not runner.breaker.is_open
+    client.close()
+    pool.disconnect()
+
+
+async def test_async_health_checks_are_honoured(private_redis):
+    client = aredis.Redis.from_url(private_redis.url, health_check_interval=0.2)
+    observer = redis.Redis.from_url(private_redis.url)
+    runner, script = AsyncRunner(client), inline(COUNT)
+    await runner(script, ["n"], [1])
+    observer.config_resetstat()
+    await runner(script, ["n"], [1])
+    assert "cmdstat_ping" not in observer.info("commandstats")
+    await asyncio.sleep(0.35)
+    await runner(script, ["n"], [1])
+    assert observer.info("commandstats")["cmdstat_ping"]["calls"] == 1
+    observer.close()
+    await client.aclose()
+
+
+def test_breaker_invariants_under_any_sequence_of_events():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from distkit._redis.policy import Breaker
+
+    events = st.lists(st.tuples(st.sampled_from(["call", "fail", "ok"]), st.floats(0, 0.5)), max_size=60)
+
+    @settings(max_examples=200, deadline=None)
+    @given(events, st.integers(1, 4))
+    def check(seq, threshold):
+        b = Breaker(threshold=threshold, base_s=0.1, cap_s=0.4)
+        now, consecutive, probes_in_flight = 1000.0, 0, 0
+        for kind, dt in seq:
+            now += dt
+            if kind == "fail":
+                b.failed(now)
+                consecutive += 1
+                probes_in_flight = 0
+                assert b.is_open == (consecutive >= threshold) or b.opens > 0
+                if b.is_open:
+                    assert b.open_until - now <= 0.4 + 1e-9  # capped
+            elif kind == "ok":
+                b.succeeded()
+                consecutive, probes_in_flight = 0, 0
+                assert not b.is_open and b.failures == 0
+            else:
+                try:
+                    b.before(now, now + 10)
+                except CircuitOpenError:
+                    assert b.is_open
+                else:
+                    if b.is_open:
+                        probes_in_flight += 1
+                        assert probes_in_flight == 1  # never two probes at once
+        if consecutive < threshold and b.opens == 0:
+            assert not b.is_open
+
+    check()

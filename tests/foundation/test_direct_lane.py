@@ -210,3 +210,10 @@ async def test_async_lane_redis_down_then_back(private_redis):
     lane.breaker.succeeded()
     assert await lane.call(script, ["n"], [2]) == 2
     await client.aclose()
+
+
+def test_blocking_pools_get_the_lane_too(redis_url):
+    assert DirectLane.for_client(redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(redis_url)))
+    apool = aredis.BlockingConnectionPool.from_url(redis_url)
+    assert AsyncDirectLane.for_client(aredis.Redis(connection_pool=apool))
+    assert DirectLane.for_client(redis.Redis.from_url(redis_url, protocol=3)) is None  # RESP3 pushes: own path
