@@ -78,8 +78,12 @@ _ASYNC_NEEDS = ("_available_connections", "_in_use_connections", "get_available_
 _ASYNC_BLOCKING_NEEDS = (*_ASYNC_NEEDS, "_condition", "can_get_connection", "timeout")
 
 
+class _DeadlinePassed(RedisTimeoutError):
+    """The deadline passed before the next step was even tried: not evidence of an outage (no breaker count)."""
+
+
 def _deadline_error(what: str) -> RedisTimeoutError:
-    return RedisTimeoutError(f"deadline reached before {what}")
+    return _DeadlinePassed(f"deadline reached before {what}")
 
 
 def _plain_pool(
@@ -389,8 +393,11 @@ class DirectLane(_LaneBase):
         """Send ``payload`` and read ``replies`` answers by ``deadline``: (replies, attempts). Error replies come
         back in place, so a batch is always read to its end."""
         breaker = self.breaker
+        now = _monotonic()
         if breaker.open_until:
-            breaker.before(_monotonic(), deadline)
+            breaker.before(now, deadline)
+        if now >= deadline:
+            raise unavailable(what, _deadline_error("sending (the deadline had passed)"), 0)
         failures = 0
         while True:
             conn = self._checkout(deadline)
@@ -404,6 +411,8 @@ class DirectLane(_LaneBase):
                 self._release(conn)
                 if not is_outage(exc):
                     raise
+                if isinstance(exc, _DeadlinePassed):
+                    raise unavailable(what, exc, failures) from exc
                 failures += 1
                 step = self._give_up(what, exc, failures, conn.retry, deadline)
                 if isinstance(step, BaseException):
@@ -635,8 +644,11 @@ class AsyncDirectLane(_LaneBase):
 
     async def roundtrip(self, payload: bytes, replies: int, deadline: float, what: str) -> tuple[list[Any], int]:
         breaker = self.breaker
+        now = _monotonic()
         if breaker.open_until:
-            breaker.before(_monotonic(), deadline)
+            breaker.before(now, deadline)
+        if now >= deadline:
+            raise unavailable(what, _deadline_error("sending (the deadline had passed)"), 0)
         failures = 0
         while True:
             conn = await self._checkout(deadline)
@@ -650,6 +662,8 @@ class AsyncDirectLane(_LaneBase):
                 self._release(conn)
                 if not is_outage(exc):
                     raise
+                if isinstance(exc, _DeadlinePassed):
+                    raise unavailable(what, exc, failures) from exc
                 failures += 1
                 step = self._give_up(what, exc, failures, conn.retry, deadline)
                 if isinstance(step, BaseException):

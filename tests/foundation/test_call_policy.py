@@ -480,3 +480,16 @@ def test_breaker_invariants_under_any_sequence_of_events():
             assert not b.is_open
 
     check()
+
+
+def test_an_expired_deadline_sends_nothing_and_is_not_an_outage(redis_client, namespace):
+    runner = Runner(redis_client)
+    runner.breaker.configure(threshold=1)
+    k = f"{{{namespace}}}:n"
+    for call in (
+        lambda: runner(inline(COUNT), [k], [1], deadline=time.monotonic() - 1),
+        lambda: runner.command("INCR", k, deadline=time.monotonic()),
+    ):
+        with pytest.raises(RedisUnavailableError):
+            call()
+    assert redis_client.get(k) is None and not runner.breaker.is_open
