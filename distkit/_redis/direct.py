@@ -817,6 +817,8 @@ class Runner:
             except BaseException as exc:
                 mapped = _client_outcome(breaker, what, exc)
                 if mapped is exc:
+                    if isinstance(exc, ResponseError):
+                        breaker.succeeded()  # the server answered: not an outage
                     raise
                 raise mapped from exc
             breaker.succeeded()
@@ -881,6 +883,8 @@ class AsyncRunner:
             except BaseException as exc:
                 mapped = _client_outcome(breaker, what, exc)
                 if mapped is exc:
+                    if isinstance(exc, ResponseError):
+                        breaker.succeeded()  # the server answered: not an outage
                     raise
                 raise mapped from exc
             breaker.succeeded()

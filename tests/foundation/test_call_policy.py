@@ -209,13 +209,14 @@ def test_error_replies_pass_through_unchanged(redis_client, namespace):
     assert isinstance(seconds, int) and isinstance(micros, int)
 
 
-def test_noscript_is_answered_by_eval(redis_client, namespace):
-    runner, script = Runner(redis_client), inline(COUNT)
-    k = f"{{{namespace}}}:n"
-    redis_client.script_flush()
-    assert runner(script, [k], [1]) == 1
-    redis_client.script_flush()
-    assert runner.many(script, [([k], [1])] * 3) == [2, 3, 4]
+def test_noscript_is_answered_by_eval(private_redis):
+    client = redis.Redis.from_url(private_redis.url)
+    runner, script = Runner(client), inline(COUNT)
+    client.script_flush()
+    assert runner(script, ["n"], [1]) == 1
+    client.script_flush()
+    assert runner.many(script, [(["n"], [1])] * 3) == [2, 3, 4]
+    client.close()
 
 
 # --------------------------------------------------------------------------- the breaker
@@ -493,3 +494,29 @@ def test_an_expired_deadline_sends_nothing_and_is_not_an_outage(redis_client, na
         with pytest.raises(RedisUnavailableError):
             call()
     assert redis_client.get(k) is None and not runner.breaker.is_open
+
+
+async def test_async_cluster_keeps_its_own_path_through_the_policy(async_redis_cluster, namespace):
+    runner = AsyncRunner(async_redis_cluster)
+    assert runner.lane is None and runner.breaker is breaker_for(async_redis_cluster)
+    k = f"{{{namespace}}}:n"
+    assert await runner(inline(COUNT), [k], [2]) == 2
+    assert await runner.command("GET", k) == b"2"
+    with pytest.raises(RedisUnavailableError):  # nothing is sent once the deadline has passed
+        await runner(inline(COUNT), [k], [1], deadline=time.monotonic() - 0.1)
+    assert await runner.command("GET", k) == b"2" and not runner.breaker.is_open
+    # (cutting a slow reply at the deadline is tested on a private server: the shared cluster is never stalled)
+
+
+async def test_async_own_path_is_cut_at_the_deadline(private_redis):
+    client = aredis.Redis.from_url(private_redis.url)
+    runner = AsyncRunner(client, direct=False)  # redis-py's own command path
+    assert runner.lane is None
+    t0 = time.monotonic()
+    with pytest.raises(RedisUnavailableError):
+        await runner(inline(SLOW), [], [400, "late"], deadline=t0 + 0.1)
+    assert time.monotonic() - t0 < 0.1 + 0.25
+    runner.breaker.succeeded()
+    await asyncio.sleep(0.4)  # the server finishes the script
+    assert await runner(inline(COUNT), ["n"], [1]) == 1  # and the client's connections are in step
+    await client.aclose()
