@@ -102,7 +102,7 @@ class Breaker:
         "threshold",
     )
 
-    def __init__(self, *, threshold: int = 3, base_s: float = 0.2, cap_s: float = 5.0) -> None:
+    def __init__(self, *, threshold: int = 3, base_s: float = 0.05, cap_s: float = 5.0) -> None:
         self.threshold = threshold
         self.base_s = base_s
         self.cap_s = cap_s
