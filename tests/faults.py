@@ -78,13 +78,15 @@ class HangingConnect:
 
 
 class Proxy:
-    """A TCP proxy to ``target_port``. ``drop_replies = n``: the next n server-to-client chunks are swallowed
+    """A TCP proxy to ``target_port``. ``drop_replies = n``: the next n server-to-client chunks (that start with
+    ``drop_prefix``, if set: ``b":"`` for integer replies, so connection handshakes are never hit) are swallowed
     and that client connection is cut (the command ran, its reply is lost). ``black_hole = True``: new and
     existing connections stop forwarding in both directions (the server looks hung)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.drop_replies = 0
+        self.drop_prefix = b""
         self.dropped = 0
         self.black_hole = False
         self.connections = 0
@@ -134,7 +136,7 @@ class Proxy:
                     continue  # swallow: nothing reaches the other side any more
                 if is_reply:
                     with self._lock:
-                        drop = self.drop_replies > 0
+                        drop = self.drop_replies > 0 and data.startswith(self.drop_prefix)
                         if drop:
                             self.drop_replies -= 1
                             self.dropped += 1

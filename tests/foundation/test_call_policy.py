@@ -520,3 +520,31 @@ async def test_async_own_path_is_cut_at_the_deadline(private_redis):
     await asyncio.sleep(0.4)  # the server finishes the script
     assert await runner(inline(COUNT), ["n"], [1]) == 1  # and the client's connections are in step
     await client.aclose()
+
+
+def test_sixteen_threads_with_lost_replies_and_retries_off_run_every_call_exactly_once(redis_proxy, private_redis):
+    client = redis.Redis(**host_port(redis_proxy.url), retry=Retry(NoBackoff(), 0), max_connections=16)
+    runner, script = Runner(client), inline(COUNT)
+    runner.breaker.configure(threshold=10**6)  # keep sending: this test counts executions, not fast failures
+    assert runner(script, ["n"], [1]) == 1
+    redis_proxy.drop_prefix = b":"  # only the scripts' integer replies, never a connection handshake
+    redis_proxy.drop_replies = 30
+    start, replies, failures = threading.Barrier(16), [], []
+
+    def work() -> None:
+        start.wait()
+        for _ in range(50):
+            try:
+                replies.append(runner(script, ["n"], [1], deadline=time.monotonic() + 10))
+            except RedisUnavailableError as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(failures) == redis_proxy.dropped == 30  # each lost reply failed its own call, no other
+    assert len(set(replies)) == len(replies) == 800 - 30  # every reply belongs to its own call
+    assert int(redis.Redis.from_url(private_redis.url).get("n")) == 801  # every call ran exactly once: 0 resent
+    client.close()
