@@ -1,5 +1,5 @@
 """The direct lane (distkit._redis.direct) against real Redis: same replies as redis-py, NOSCRIPT, dead
-connections, outages, threads, fork, and the asyncio twin."""
+connections, outages, threads, fork, and the asyncio twin; its connections are the client pool's."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import redis
 import redis.asyncio as aredis
 
 from distkit._redis.direct import AsyncDirectLane, DirectLane
+from distkit.errors import BackendUnavailableError
 
 ECHO = "return {KEYS[1], ARGV[1], tonumber(ARGV[2]) + 1, redis.call('GET', KEYS[1]), redis.status_reply('OK')}"
 COUNT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
@@ -89,42 +90,51 @@ def test_error_replies_of_a_batch_come_back_in_place(redis_client):
     assert lane.call(InlineScript(FAIL_ODD), [], [8]) == b"8"  # the connection is still in step
 
 
+def _observer(url):
+    return redis.Redis.from_url(url, client_name="observer")
+
+
 def test_a_killed_idle_connection_is_replaced_and_the_script_runs_once(private_redis):
-    client = redis.Redis.from_url(private_redis.url)
+    client = redis.Redis.from_url(private_redis.url)  # from_url: no retries at all
     lane, script = lane_for(client), InlineScript(COUNT)
     assert lane.call(script, ["n"], [1]) == 1
-    killed = client.client_kill_filter(_type="normal", skipme=True)
-    assert killed >= 1  # the lane's idle connection is gone server-side
-    assert lane.call(script, ["n"], [1]) == 2
-    assert int(client.get("n")) == 2
+    observer = _observer(private_redis.url)
+    assert observer.client_kill_filter(_type="normal", skipme=True) == 1  # the pool's idle connection
+    assert lane.call(script, ["n"], [1]) == 2  # seen closed before sending: reconnected, not resent
+    assert int(observer.get("n")) == 2
+    observer.close()
+    client.close()
 
 
-def test_a_restarted_server_costs_one_resend_however_many_connections_were_idle(private_redis):
+def test_a_restarted_server_is_seen_before_sending_however_many_connections_were_idle(private_redis):
     client = redis.Redis.from_url(private_redis.url)
+    pool = client.connection_pool
     lane, script = lane_for(client), InlineScript(COUNT)
     assert lane.call(script, ["n"], [1]) == 1
-    for _ in range(3):  # as after a burst of concurrent calls: several idle connections
-        extra = lane._new_connection()
-        extra.connect()
-        lane._idle.append(extra)
-    assert len(lane._idle) == 4
+    held = [pool.get_connection() for _ in range(4)]  # as after a burst of concurrent calls: several idle
+    for conn in held:
+        pool.release(conn)
     private_redis.stop()
     private_redis.start()
-    assert lane.call(script, ["n"], [1]) == 1  # a fresh server; the dead ones are discarded, not tried in turn
-    assert len(lane._idle) == 1
+    assert lane.call(script, ["n"], [1]) == 1  # a fresh server, no error: the dead socket was never written
+    assert lane.breaker.failures == 0
+    client.close()
 
 
-def test_redis_down_raises_connection_error_then_recovers(private_redis):
+def test_redis_down_raises_unavailable_then_recovers(private_redis):
     client = redis.Redis.from_url(private_redis.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     lane, script = lane_for(client), InlineScript(COUNT)
     assert lane.call(script, ["n"], [1]) == 1
     private_redis.stop()
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(BackendUnavailableError) as info:
         lane.call(script, ["n"], [1])
-    with pytest.raises(redis.ConnectionError):
+    assert isinstance(info.value, redis.ConnectionError) and info.value.__cause__ is not None
+    with pytest.raises(BackendUnavailableError):
         lane.call_many(script, [(["n"], [1])])
     private_redis.start()
+    lane.breaker.succeeded()  # do not wait for the breaker's interval here (tests/foundation/test_call_policy.py)
     assert lane.call(script, ["n"], [5]) == 5  # a fresh server (no persistence): counted from zero, once
+    client.close()
 
 
 def test_threads_never_share_a_connection(redis_client, namespace):
@@ -144,20 +154,23 @@ def test_threads_never_share_a_connection(redis_client, namespace):
         t.join()
     assert sorted(replies) == list(range(1, 3201))  # every reply belongs to its own call
     assert int(redis_client.get(k)) == 3200
-    assert len(lane._idle) in range(1, 17)  # one connection per concurrent caller at most
+    pool = redis_client.connection_pool
+    assert not pool._in_use_connections  # every connection went back to the client's pool
+    assert len(pool._available_connections) in range(1, 17)  # one connection per concurrent caller at most
 
 
 def test_a_forked_child_uses_its_own_connections(redis_client, namespace):
     lane, script = lane_for(redis_client), InlineScript(COUNT)
     k = f"{{{namespace}}}:fork"
+    pool = redis_client.connection_pool
     assert lane.call(script, [k], [1]) == 1
-    parent_conn = lane._idle[0]
+    parent_conn = pool._available_connections[0]
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: the parent's connection was dropped at fork; a new one answers
+    if pid == 0:  # child: the pool resets itself; a new connection answers
         code = 1
         try:
-            ok = not lane._idle and lane.call(script, [k], [10]) == 11 and lane._idle[0] is not parent_conn
+            ok = lane.call(script, [k], [10]) == 11 and pool._available_connections[0] is not parent_conn
             os.write(write_fd, b"ok" if ok else b"bad")
             code = 0
         finally:
@@ -166,7 +179,7 @@ def test_a_forked_child_uses_its_own_connections(redis_client, namespace):
     assert os.read(read_fd, 10) == b"ok"
     os.waitpid(pid, 0)
     assert lane.call(script, [k], [100]) == 111  # the parent's socket was not shut down by the child
-    assert lane._idle[0] is parent_conn
+    assert pool._available_connections[0] is parent_conn
 
 
 async def test_async_lane_same_semantics(async_redis_client, namespace):
@@ -180,7 +193,8 @@ async def test_async_lane_same_semantics(async_redis_client, namespace):
     assert await lane.call_many(script, [([k], [1])] * 4) == [2, 3, 4, 5]
     replies = await lane.call_many(InlineScript(FAIL_ODD), [([], [i]) for i in range(3)])
     assert replies[0] == b"0" and isinstance(replies[1], redis.ResponseError) and replies[2] == b"2"
-    await lane.aclose()
+    pool = async_redis_client.connection_pool
+    assert not pool._in_use_connections and len(pool._available_connections) == 1  # the client's own pool
 
 
 async def test_async_lane_redis_down_then_back(private_redis):
@@ -190,8 +204,16 @@ async def test_async_lane_redis_down_then_back(private_redis):
     script = InlineScript(COUNT)
     assert await lane.call(script, ["n"], [1]) == 1
     private_redis.stop()
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(BackendUnavailableError):
         await lane.call(script, ["n"], [1])
     private_redis.start()
+    lane.breaker.succeeded()
     assert await lane.call(script, ["n"], [2]) == 2
     await client.aclose()
+
+
+def test_blocking_pools_get_the_lane_too(redis_url):
+    assert DirectLane.for_client(redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(redis_url)))
+    apool = aredis.BlockingConnectionPool.from_url(redis_url)
+    assert AsyncDirectLane.for_client(aredis.Redis(connection_pool=apool))
+    assert DirectLane.for_client(redis.Redis.from_url(redis_url, protocol=3)) is None  # RESP3 pushes: own path
