@@ -36,7 +36,9 @@ KNOWN_FAILING: dict[str, str] = {
 # ------------------------------------------------------------------
 
 # info strings a fenced block may carry; python is the only one that runs
-ALLOWED_FENCES = {"python", "text", "bash", "console", "shell", "sql", "toml", "json", "yaml", "ini", "lua", "diff", "mermaid"}
+ALLOWED_FENCES = {
+    "python", "text", "bash", "console", "shell", "sql", "toml", "json", "yaml", "ini", "lua", "diff", "mermaid",
+}
 
 SYBIL = Sybil(parsers=[PythonCodeBlockParser()])
 
