@@ -1,0 +1,115 @@
+"""The contract between a :class:`~distkit.resilience.CircuitBreaker` and a shared store.
+
+A store keeps one breaker's *shared* window counters and state. The breaker never waits on it in CLOSED: it
+counts locally and a flusher (a daemon thread the store owns) calls :meth:`BreakerStore.sync` for every
+attached breaker each ``flush_s``, sending the growth of the local counters and getting the shared view back.
+HALF_OPEN probes go through :meth:`BreakerStore.acquire_probe` / :meth:`BreakerStore.record_probe`, so their
+budget is global. Any store error makes the breaker run on its local statistics until the store answers again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from distkit.resilience.breaker import BreakerConfig, State
+
+
+@dataclass(frozen=True)
+class View:
+    """The shared state as the store saw it: ``calls/failed/slow`` are the shared window's totals."""
+
+    state: State
+    epoch: int
+    remaining_open_ms: int
+    forced: bool
+    calls: int
+    failed: int
+    slow: int
+    granted: bool = False
+
+
+class BreakerStore(Protocol):
+    flush_s: float | None
+
+    def sync(
+        self, name: str, cfg: BreakerConfig, delta: tuple[int, int, int], trip_epoch: int | None
+    ) -> View: ...  # add delta to the current bucket; trip if still CLOSED at trip_epoch; evaluate; answer
+
+    def acquire_probe(self, name: str, cfg: BreakerConfig) -> View: ...  # granted=True: one of the global probes
+
+    def record_probe(self, name: str, cfg: BreakerConfig, epoch: int, failed: bool, slow: bool) -> View: ...
+
+    def release_probe(self, name: str, cfg: BreakerConfig, epoch: int) -> View: ...
+
+    def control(self, name: str, cfg: BreakerConfig, op: str) -> View: ...  # op: "force_open" | "reset"
+
+    def attach(self, breaker: Any) -> None: ...
+
+    def detach(self, breaker: Any) -> None: ...
+
+
+class Flusher:
+    """The store's daemon thread: every ``flush_s`` it calls ``breaker.sync()`` on each attached breaker (and at
+    once when a breaker trips locally, via :meth:`wake`). Re-created lazily after ``fork``; stopped by
+    :meth:`stop` (the store's ``close()``)."""
+
+    def __init__(self, flush_s: float | None, name: str) -> None:
+        self.flush_s = flush_s
+        self._name = name
+        self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def attach(self, breaker: Any) -> None:
+        self._breakers.add(breaker)
+        self._ensure()
+
+    def detach(self, breaker: Any) -> None:
+        self._breakers.discard(breaker)
+
+    def wake(self) -> None:
+        self._ensure()
+        self._wake.set()
+
+    def _ensure(self) -> None:
+        if self.flush_s is None or self._stop.is_set():
+            return
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._pid != os.getpid():  # forked child: the parent's thread does not exist here
+                self._pid = os.getpid()
+                self._thread = None
+                self._lock = threading.Lock()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=f"distkit-breaker-{self._name}", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        assert self.flush_s is not None
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            for b in list(self._breakers):
+                try:
+                    b.sync()
+                except Exception:  # sync maps store errors itself; anything else must not kill the thread
+                    from distkit.resilience.metrics import log
+
+                    log.exception("distkit.resilience: sync of breaker %r failed", getattr(b, "name", b))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        t = self._thread
+        if t is not None and t.is_alive() and t is not threading.current_thread() and self._pid == os.getpid():
+            t.join(timeout=5)
