@@ -36,7 +36,8 @@ def main() -> None:
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         client = redis.Redis.from_url(url)
         pyb_store = pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client, namespace=ns)
-        candidates.insert(3, ("pybreaker, CircuitRedisStorage", pybreaker.CircuitBreaker(state_storage=pyb_store)(_noop)))
+        pyb_redis = pybreaker.CircuitBreaker(state_storage=pyb_store)(_noop)
+        candidates.insert(3, ("pybreaker, CircuitRedisStorage", pyb_redis))
         store = RedisBreakerStore(client, prefix=ns, flush_s=0.1)
         shared = CircuitBreaker("bench-shared", minimum_calls=20, store=store)
         candidates.append(("distkit CircuitBreaker, RedisBreakerStore", shared(_noop)))
