@@ -266,6 +266,13 @@ class CircuitBreaker:
             raise self._reject(now, retry, state)
         return permit
 
+    def _may_ask_store(self) -> bool:
+        """Whether admission may need a store round trip (else it answers locally, without I/O)."""
+        m = self._m
+        if m.state is OPEN:
+            return self._clock() >= m.open_until
+        return m.state is HALF_OPEN and self._exhausted != self._g_epoch
+
     def _granted(self, view: View, now: int) -> int:
         with self._lock:
             t = self._adopt(view, now)
@@ -360,12 +367,13 @@ class CircuitBreaker:
             trip = self._trip_pending
         sent = self._sent
         delta = (cum[0] - sent[0], cum[1] - sent[1], cum[2] - sent[2])
-        self._sent = cum  # on failure the counts are dropped from the shared window (kept locally)
         try:
             view = store.sync(self.name, self.cfg, delta, trip)
         except self._outage as exc:
             self._unhealthy(exc)
             return
+        finally:
+            self._sent = cum  # sent, or dropped from the shared window on failure (they stay in the local one)
         if not self._healthy:
             log.info("circuit breaker %r: store reachable again, sharing statistics", self.name)
         self._healthy = True
@@ -401,7 +409,7 @@ class CircuitBreaker:
         if inspect.iscoroutinefunction(fn):
 
             async def aadmit() -> int:
-                if self._store is not None and self._healthy:
+                if self._store is not None and self._healthy and self._may_ask_store():
                     return await asyncio.to_thread(admit)  # a HALF_OPEN probe asks the store: off the loop
                 return admit()
 

@@ -215,3 +215,69 @@ def test_four_processes_trip_together_and_share_the_probe_budget(redis_url, redi
     assert all(r["rejected_half_open"] > 0 for r in results)  # every process tried and was refused
     opened = [min(t for f, to, t in r["events"] if f == "CLOSED" and to == "OPEN") for r in results]
     assert max(opened) - min(opened) < 4.0  # every process tripped within one window (window_s=4)
+
+
+async def test_async_function_with_a_shared_breaker(redis_client, namespace, fake_clock):
+    store = RedisBreakerStore(redis_client, prefix=namespace, flush_s=None, clock=fake_clock)
+    a, b = breaker(store, fake_clock, minimum_calls=2, half_open_calls=1), breaker(
+        store, fake_clock, minimum_calls=2, half_open_calls=1
+    )
+    ran = []
+
+    async def dep(x: int) -> int:
+        ran.append(x)
+        if x < 0:
+            raise Boom()
+        return x
+
+    fa, fb = a(dep), b(dep)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            await fa(-1)
+    assert a.state is State.OPEN
+    a.sync()
+    b.sync()
+    with pytest.raises(BreakerOpenError):
+        await fb(1)
+    fake_clock.advance(5_000)
+    assert await fb(2) == 2  # the one global probe (asked off the event loop)
+    assert b.state is State.CLOSED
+    assert await fa(3) == 3  # a asks the store for a probe and learns it closed
+    a.sync()
+    assert a.state is State.CLOSED and await fa(4) == 4
+    assert ran == [-1, -1, 2, 3, 4]
+    store.close()
+
+
+@pytest.mark.slow
+def test_fork_child_gets_its_own_flusher(redis_url, redis_client, namespace):
+    import os
+
+    store = RedisBreakerStore(redis.Redis.from_url(redis_url), prefix=namespace, flush_s=0.05)
+    b = CircuitBreaker("forked", minimum_calls=4, failure_rate=0.5, store=store)
+    assert b.call(lambda: 1) == 1
+    pid = os.fork()
+    if pid == 0:  # child: two failures and two successes, never enough locally before its flusher shares them
+        code = 1
+        try:
+            for x in (1, 2):
+                b.call(lambda: x)
+            deadline = time.monotonic() + 10
+            while b._sent[0] < 3 and time.monotonic() < deadline:  # the child's own flusher thread sends them
+                time.sleep(0.01)
+            code = 0 if b._sent[0] == 3 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    deadline = time.monotonic() + 10
+    calls = 0
+    while time.monotonic() < deadline:
+        b.sync()
+        calls = b.metrics().calls
+        if calls >= 3:
+            break
+        time.sleep(0.02)
+    assert calls >= 3  # the parent's call and the child's two reached the shared window
+    b.close()
+    store.close()

@@ -52,6 +52,17 @@ class BreakerStore(Protocol):
     def detach(self, breaker: Any) -> None: ...
 
 
+_FLUSHERS: weakref.WeakSet[Flusher] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    for f in list(_FLUSHERS):
+        f._forked()
+
+
+os.register_at_fork(after_in_child=_restart_in_child)
+
+
 class Flusher:
     """The store's daemon thread: every ``flush_s`` it calls ``breaker.sync()`` on each attached breaker (and at
     once when a breaker trips locally, via :meth:`wake`). Re-created lazily after ``fork``; stopped by
@@ -66,6 +77,16 @@ class Flusher:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        _FLUSHERS.add(self)
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's thread is gone; start this process's own if breakers are attached."""
+        self._pid = os.getpid()
+        self._thread = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        if len(self._breakers):
+            self._ensure()
 
     def attach(self, breaker: Any) -> None:
         self._breakers.add(breaker)
