@@ -96,7 +96,7 @@ class MemoryBreakerStore:
                 slot[1] += delta[0]
                 slot[2] += delta[1]
                 slot[3] += delta[2]
-            if trip_epoch is not None and s.st == _CLOSED and trip_epoch == s.ep:
+            if trip_epoch is not None and s.st == _CLOSED and (trip_epoch == s.ep or trip_epoch < 0):
                 self._to(s, _OPEN, now)
             elif s.st == _CLOSED:
                 calls, failed, slow = self._totals(s, now, cfg)
