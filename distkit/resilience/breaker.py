@@ -95,6 +95,7 @@ class BreakerConfig:
 
 
 Transition = tuple[State, State, str]  # (from, to, reason)
+RULE_TRIPS = ("failure rate", "slow-call rate")  # how the reasons of CLOSED -> OPEN by a rule begin
 
 
 class Machine:

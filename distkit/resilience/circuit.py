@@ -21,6 +21,7 @@ from distkit.resilience.breaker import (
     FOREVER,
     HALF_OPEN,
     OPEN,
+    RULE_TRIPS,
     BreakerConfig,
     Machine,
     State,
@@ -146,7 +147,8 @@ class CircuitBreaker:
         self._outage = _outage_errors() if store is not None else ()
         self._g_epoch = -1  # the store's epoch as last seen
         self._exhausted = -2  # the store epoch whose probe budget is known to be used up
-        self._probe_epochs: dict[int, int] = {}  # local probe permit -> store epoch it was granted in
+        # local probe permit -> the store epochs of the probes granted under it (several threads share one permit)
+        self._probe_epochs: dict[int, list[int]] = {}
         self._sent = (0, 0, 0)  # machine.flushed() as of the last successful sync
         self._trip_pending: int | None = None
         _BREAKERS.add(self)
@@ -218,7 +220,8 @@ class CircuitBreaker:
     def _emit(self, t: Transition | None, now: int) -> None:
         if t is not None:
             self._events.transition(t[0].value, t[1].value, t[2], now)
-            if t[1] is OPEN and t[0] is CLOSED and t[2] != "shared state" and self._store is not None:
+            if t[1] is OPEN and t[0] is CLOSED and t[2].startswith(RULE_TRIPS) and self._store is not None:
+                # a rule tripped here: tell the store at once (force_open/reset go to it directly)
                 self._trip_pending = self._g_epoch
                 self._store_wake()
 
@@ -281,7 +284,7 @@ class CircuitBreaker:
             if view.granted and m.state is HALF_OPEN:
                 m.issued += 1
                 permit = 2 * m.epoch + 1
-                self._probe_epochs[permit] = view.epoch
+                self._probe_epochs.setdefault(permit, []).append(view.epoch)
             elif m.state is CLOSED:
                 permit = CALL
             else:
@@ -297,7 +300,7 @@ class CircuitBreaker:
 
     def _finish(self, permit: int, now: int, failed: bool, slow: bool) -> None:
         if permit != CALL and self._store is not None:
-            epoch = self._probe_epochs.pop(permit, None)
+            epoch = self._store_epoch_of(permit)
             if epoch is not None and self._healthy:
                 try:
                     view = self._store.record_probe(self.name, self.cfg, epoch, failed, slow)
@@ -313,10 +316,21 @@ class CircuitBreaker:
             t = self._m.record(now, permit, failed, slow)
         self._emit(t, now)
 
+    def _store_epoch_of(self, permit: int) -> int | None:
+        """The store epoch of one probe granted by the store under ``permit`` (None: granted locally)."""
+        with self._lock:
+            epochs = self._probe_epochs.get(permit)
+            if not epochs:
+                return None
+            epoch = epochs.pop()
+            if not epochs:
+                del self._probe_epochs[permit]
+            return epoch
+
     def _release(self, permit: int) -> None:
         if permit == CALL:
             return
-        epoch = self._probe_epochs.pop(permit, None) if self._store is not None else None
+        epoch = self._store_epoch_of(permit) if self._store is not None else None
         if epoch is not None and self._healthy and self._store is not None:
             try:
                 view = self._store.release_probe(self.name, self.cfg, epoch)

@@ -215,6 +215,8 @@ def test_four_processes_trip_together_and_share_the_probe_budget(redis_url, redi
     assert all(r["rejected_half_open"] > 0 for r in results)  # every process tried and was refused
     opened = [min(t for f, to, t in r["events"] if f == "CLOSED" and to == "OPEN") for r in results]
     assert max(opened) - min(opened) < 4.0  # every process tripped within one window (window_s=4)
+    # the three failed probes were all judged globally: the shared state went back to OPEN
+    assert redis_client.hget(f"{{{namespace}:dep}}", "st") == b"1"
 
 
 async def test_async_function_with_a_shared_breaker(redis_client, namespace, fake_clock):
@@ -281,3 +283,25 @@ def test_fork_child_gets_its_own_flusher(redis_url, redis_client, namespace):
     assert calls >= 3  # the parent's call and the child's two reached the shared window
     b.close()
     store.close()
+
+
+def test_one_breaker_holding_several_global_probes_reports_each(make_store, fake_clock):
+    store = make_store()
+    a, b = breaker(store, fake_clock, minimum_calls=1, half_open_calls=3), breaker(
+        store, fake_clock, minimum_calls=1, half_open_calls=3
+    )
+    fail(a, 1)
+    a.sync()
+    b.sync()
+    fake_clock.advance(5_000)
+    p1, p2 = a._admit(), a._admit()  # two probes under one local permit (two threads of one process)
+    p3 = b._admit()
+    with pytest.raises(BreakerOpenError):
+        b._admit()
+    a._finish(p1, fake_clock(), False, False)
+    a._finish(p2, fake_clock(), False, False)
+    assert a.state is State.HALF_OPEN
+    b._finish(p3, fake_clock(), True, False)  # 1 of 3 failed < 0.5: every result reached the store -> CLOSED
+    assert b.state is State.CLOSED
+    a.sync()
+    assert a.state is State.CLOSED
