@@ -74,6 +74,15 @@ class Bulkhead:
 
     def acquire(self) -> None:
         """Take a slot (waiting up to ``max_wait_s``) or raise ``BulkheadFullError``."""
+        lock = self._lock
+        lock.acquire()
+        if self._free > 0 and not self._waiters:  # the fast path, inlined _take()
+            self._free -= 1
+            if self.max_concurrent - self._free > self._peak:
+                self._peak = self.max_concurrent - self._free
+            lock.release()
+            return
+        lock.release()
         with self._lock:
             if self._take():
                 return
@@ -138,6 +147,13 @@ class Bulkhead:
 
     def release(self) -> None:
         """Give the slot back: to the longest waiter (sync or asyncio), else to the pool."""
+        lock = self._lock
+        lock.acquire()
+        if not self._waiters:  # the fast path
+            self._free += 1
+            lock.release()
+            return
+        lock.release()
         with self._lock:
             while self._waiters:
                 w = self._waiters.popleft()
