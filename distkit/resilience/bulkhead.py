@@ -78,7 +78,7 @@ class Bulkhead:
         lock.acquire()
         if self._free > 0 and not self._waiters:  # the fast path, inlined _take()
             self._free -= 1
-            if self.max_concurrent - self._free > self._peak:
+            if self.max_concurrent - self._free > self._peak:  # noqa: PLR1730 (no max() call on the hot path)
                 self._peak = self.max_concurrent - self._free
             lock.release()
             return
