@@ -403,8 +403,17 @@ class CircuitBreaker:
     # ------------------------------------------------------------------ calling
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` through the breaker."""
-        return self(fn)(*args, **kwargs)
+        """``fn(*args, **kwargs)`` through the breaker (the same rules as the decorator, without wrapping ``fn``)."""
+        permit = CALL if self._m.state is CLOSED else self._admit()
+        t0 = self._clock()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._on_exception(permit, t0, exc)
+            raise
+        t1 = self._clock()
+        self._finish(permit, t1, False, t1 - t0 >= self._m.slow_ms)
+        return result
 
     async def acall(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``await fn(*args, **kwargs)`` through the breaker."""
