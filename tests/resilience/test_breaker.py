@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -385,3 +385,68 @@ class MachineVsModel(RuleBasedStateMachine):
 
 
 TestMachineVsModel = MachineVsModel.TestCase
+
+
+# --------------------------------------------------------------------------- the decorator (both closures) == model
+
+steps = st.lists(
+    st.tuples(st.integers(0, 400), st.sampled_from(["ok", "fail", "ignored"]), st.integers(0, 80)), max_size=60
+)
+
+
+@pytest.mark.parametrize("clock_kind", ["injected", "default"])
+@settings(max_examples=80, deadline=None)
+@given(seq=steps)
+def test_decorated_calls_follow_the_model(clock_kind, seq):
+    """The decorator's inlined success path (one closure for an injected clock, one reading time.monotonic_ns
+    directly for the default clock) must behave exactly like Machine/Model."""
+    import time as _time
+
+    cfg = BreakerConfig(
+        failure_rate=0.5, slow_call_rate=0.6, slow_call_ms=50, window_ms=1000, buckets=4, minimum_calls=2,
+        open_ms=300, half_open_calls=2, half_open_max_ms=900,
+    )
+    now = [1_700_000_000_000]
+    kw = {"failure_rate": 0.5, "slow_call_rate": 0.6, "slow_call_s": 0.05, "window_s": 1, "buckets": 4, "minimum_calls": 2,
+              "open_s": 0.3, "half_open_calls": 2, "half_open_max_s": 0.9, "ignore_exceptions": (Ignored,)}
+    real_ns = _time.monotonic_ns
+    if clock_kind == "injected":
+        b = CircuitBreaker("m", clock=lambda: now[0], **kw)
+    else:
+        _time.monotonic_ns = lambda: now[0] * 1_000_000  # type: ignore[assignment]
+        b = CircuitBreaker("m", **kw)
+    try:
+        model = Model(cfg)
+        model_now = now[0]
+
+        for advance, outcome, took in seq:
+            now[0] += advance
+
+            @b
+            def dep(outcome: str = outcome, took: int = took) -> None:
+                now[0] += took
+                if outcome == "fail":
+                    raise Boom()
+                if outcome == "ignored":
+                    raise Ignored()
+
+            permit = model.admit(now[0])
+            try:
+                dep()
+                got = "ran"
+            except (Boom, Ignored):
+                got = "ran"
+            except BreakerOpenError:
+                got = "rejected"
+            assert got == ("rejected" if permit is None else "ran")
+            if permit is not None:
+                if outcome == "ignored":
+                    model.release(permit)
+                else:
+                    model.record(now[0], permit, outcome == "fail", took >= 50)
+            model.tick(now[0])
+            assert b.state.value == model.state
+            model_now = now[0]
+        assert model_now == now[0]
+    finally:
+        _time.monotonic_ns = real_ns  # type: ignore[assignment]
