@@ -407,8 +407,11 @@ def test_decorated_calls_follow_the_model(clock_kind, seq):
         open_ms=300, half_open_calls=2, half_open_max_ms=900,
     )
     now = [1_700_000_000_000]
-    kw = {"failure_rate": 0.5, "slow_call_rate": 0.6, "slow_call_s": 0.05, "window_s": 1, "buckets": 4, "minimum_calls": 2,
-              "open_s": 0.3, "half_open_calls": 2, "half_open_max_s": 0.9, "ignore_exceptions": (Ignored,)}
+    kw = {
+        "failure_rate": 0.5, "slow_call_rate": 0.6, "slow_call_s": 0.05, "window_s": 1, "buckets": 4,
+        "minimum_calls": 2, "open_s": 0.3, "half_open_calls": 2, "half_open_max_s": 0.9,
+        "ignore_exceptions": (Ignored,),
+    }
     real_ns = _time.monotonic_ns
     if clock_kind == "injected":
         b = CircuitBreaker("m", clock=lambda: now[0], **kw)
