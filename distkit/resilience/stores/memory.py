@@ -46,6 +46,12 @@ class MemoryBreakerStore:
     def detach(self, breaker: Any) -> None:
         self.flusher.detach(breaker)
 
+    def __enter__(self) -> MemoryBreakerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.flusher.stop()
 

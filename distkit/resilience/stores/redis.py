@@ -73,6 +73,12 @@ class RedisBreakerStore:
     def detach(self, breaker: Any) -> None:
         self.flusher.detach(breaker)
 
+    def __enter__(self) -> RedisBreakerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Stop the flusher and close the direct lane's connections (the client stays yours to close)."""
         self.flusher.stop()
