@@ -453,3 +453,23 @@ def test_decorated_calls_follow_the_model(clock_kind, seq):
         assert model_now == now[0]
     finally:
         _time.monotonic_ns = real_ns  # type: ignore[assignment]
+
+
+def test_clock_stepping_back_neither_breaks_nor_fakes_slow_calls(fake_clock):
+    b = make(fake_clock, minimum_calls=4, slow_call_rate=0.5)
+    run(b, fake_clock, "ok")
+    run(b, fake_clock, "fail")
+
+    @b
+    def stepping_back() -> str:
+        fake_clock.advance(-3_600_000)  # an NTP step back during the call
+        return "ok"
+
+    assert stepping_back() == "ok"  # a negative duration: not slow, counted in the current bucket
+    m = b.metrics()
+    assert (m.calls, m.failed_calls, m.slow_calls) == (3, 1, 0)
+    run(b, fake_clock, "ok")
+    assert b.state is State.CLOSED  # 1/4 failed
+    fake_clock.advance(3_600_000 + 20_000)
+    run(b, fake_clock, "ok")
+    assert b.metrics().calls == 1  # time caught up: the old buckets left the window

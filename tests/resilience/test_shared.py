@@ -305,3 +305,34 @@ def test_one_breaker_holding_several_global_probes_reports_each(make_store, fake
     assert b.state is State.CLOSED
     a.sync()
     assert a.state is State.CLOSED
+
+
+def test_a_probe_holder_that_dies_does_not_wedge_half_open(make_store, fake_clock):
+    store = make_store()
+    a = breaker(store, fake_clock, minimum_calls=1, half_open_calls=1, half_open_max_s=2)
+    b = breaker(store, fake_clock, minimum_calls=1, half_open_calls=1, half_open_max_s=2)
+    fail(a, 1)
+    a.sync()
+    b.sync()
+    fake_clock.advance(5_000)
+    a._admit()  # a takes the only probe and is SIGKILLed: it never reports
+    with pytest.raises(BreakerOpenError):
+        b._admit()
+    fake_clock.advance(2_000)  # half_open_max_s: the store re-opens ...
+    b.sync()
+    assert b.state is State.OPEN
+    fake_clock.advance(5_000)  # ... and after open_s grants a fresh probe
+    assert b.call(lambda: "ok") == "ok"
+    assert b.state is State.CLOSED
+
+
+def test_unicode_names_and_prefixes(redis_client, namespace, fake_clock):
+    store = RedisBreakerStore(redis_client, prefix=f"{namespace}-支付", flush_s=None, clock=fake_clock)
+    a = CircuitBreaker("支付-api ✓", minimum_calls=1, store=store, clock=fake_clock)
+    b = CircuitBreaker("支付-api ✓", minimum_calls=1, store=store, clock=fake_clock)
+    fail(a, 1)
+    a.sync()
+    b.sync()
+    assert b.state is State.OPEN
+    assert redis_client.pttl(f"{{{namespace}-支付:支付-api ✓}}".encode()) > 0
+    store.close()
