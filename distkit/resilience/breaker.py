@@ -112,9 +112,6 @@ class Machine:
         "calls",
         "cfg",
         "cur",
-        "cur_calls",
-        "cur_failed",
-        "cur_slow",
         "done",
         "done_calls",
         "done_failed",
@@ -132,10 +129,14 @@ class Machine:
         "p_slow",
         "rejected",
         "ring",
+        "ring_calls",
+        "ring_failed",
+        "ring_slow",
         "since",
         "slow",
         "slow_ms",
         "state",
+        "trip_at",
     )
 
     def __init__(self, cfg: BreakerConfig, now: int) -> None:
@@ -154,22 +155,25 @@ class Machine:
         self.done_calls = self.done_failed = self.done_slow = 0
         self.ext_calls = self.ext_failed = self.ext_slow = 0
         self.issued = self.done = self.p_failed = self.p_slow = 0
-        self.cur_calls = self.cur_failed = self.cur_slow = 0
+        self.calls = self.failed = self.slow = 0
+        self.ring_calls = self.ring_failed = self.ring_slow = 0
         self._clear(now)
 
     # ------------------------------------------------------------------ window
 
     def _clear(self, now: int) -> None:
-        self.done_calls += self.cur_calls
-        self.done_failed += self.cur_failed
-        self.done_slow += self.cur_slow
+        self.done_calls += self.calls - self.ring_calls
+        self.done_failed += self.failed - self.ring_failed
+        self.done_slow += self.slow - self.ring_slow
         self.ring = [(0, 0, 0)] * self.buckets  # finished buckets (calls, failed, slow) by index % buckets
+        self.ring_calls = self.ring_failed = self.ring_slow = 0  # their sums
         self.cur = now // self.bucket_ms
         self.bucket_end = (self.cur + 1) * self.bucket_ms
         self.bucket_end_ns = self.bucket_end * 1_000_000
-        self.cur_calls = self.cur_failed = self.cur_slow = 0
-        self.calls = self.failed = self.slow = 0  # window totals, the current bucket included
+        # window totals, the current bucket included: the current bucket's counts are totals - ring sums
+        self.calls = self.failed = self.slow = 0
         self.ext_calls = self.ext_failed = self.ext_slow = 0
+        self.trip_at = self.min_calls  # a success that makes calls == trip_at may trip (calls + ext reach min)
 
     def roll(self, now: int) -> None:
         """Move the current bucket to ``now``'s, dropping buckets that left the window (clock steps back: no-op)."""
@@ -178,25 +182,32 @@ class Machine:
             return
         n = self.buckets
         ring = self.ring
-        ring[self.cur % n] = (self.cur_calls, self.cur_failed, self.cur_slow)
-        self.done_calls += self.cur_calls
-        self.done_failed += self.cur_failed
-        self.done_slow += self.cur_slow
+        cc, cf, cs = self.calls - self.ring_calls, self.failed - self.ring_failed, self.slow - self.ring_slow
+        self.done_calls += cc
+        self.done_failed += cf
+        self.done_slow += cs
         if b - self.cur >= n:
             self.ring = [(0, 0, 0)] * n
             self.calls = self.failed = self.slow = 0
+            self.ring_calls = self.ring_failed = self.ring_slow = 0
         else:
+            ring[self.cur % n] = (cc, cf, cs)
+            self.ring_calls += cc
+            self.ring_failed += cf
+            self.ring_slow += cs
             for i in range(self.cur + 1, b + 1):  # buckets i - n (now out of the window) share slot i % n
                 c, f, s = ring[i % n]
                 if c:
                     self.calls -= c
                     self.failed -= f
                     self.slow -= s
+                    self.ring_calls -= c
+                    self.ring_failed -= f
+                    self.ring_slow -= s
                     ring[i % n] = (0, 0, 0)
         self.cur = b
         self.bucket_end = (b + 1) * self.bucket_ms
         self.bucket_end_ns = self.bucket_end * 1_000_000
-        self.cur_calls = self.cur_failed = self.cur_slow = 0
 
     def totals(self) -> tuple[int, int, int]:
         """(calls, failed, slow) the rules judge: this process's window plus the other processes' share."""
@@ -205,9 +216,9 @@ class Machine:
     def flushed(self) -> tuple[int, int, int]:
         """Cumulative (calls, failed, slow) counted while CLOSED: the shell flushes their growth to a store."""
         return (
-            self.done_calls + self.cur_calls,
-            self.done_failed + self.cur_failed,
-            self.done_slow + self.cur_slow,
+            self.done_calls + self.calls - self.ring_calls,
+            self.done_failed + self.failed - self.ring_failed,
+            self.done_slow + self.slow - self.ring_slow,
         )
 
     # ------------------------------------------------------------------ transitions
@@ -267,15 +278,12 @@ class Machine:
                 return None  # admitted before a trip: the window it belonged to is gone
             if now >= self.bucket_end:
                 self.roll(now)
-            self.cur_calls += 1
             self.calls += 1
             if failed:
-                self.cur_failed += 1
                 self.failed += 1
             if slow:
-                self.cur_slow += 1
                 self.slow += 1
-            if failed or slow or self.calls + self.ext_calls == self.min_calls:
+            if failed or slow or self.calls == self.trip_at:
                 return self.evaluate(now)
             return None
         if self.state is not HALF_OPEN or permit != 2 * self.epoch + 1:
@@ -335,3 +343,4 @@ class Machine:
         self.ext_calls = max(0, calls - self.calls)
         self.ext_failed = max(0, failed - self.failed)
         self.ext_slow = max(0, slow - self.slow)
+        self.trip_at = self.min_calls - self.ext_calls

@@ -459,9 +459,8 @@ class CircuitBreaker:
                     if m.state is CLOSED:
                         if t1 >= m.bucket_end:
                             m.roll(t1)
-                        m.cur_calls += 1
                         m.calls += 1
-                        t = m.evaluate(t1) if m.calls + m.ext_calls == m.min_calls else None
+                        t = m.evaluate(t1) if m.calls == m.trip_at else None
                     else:
                         t = None
                 if t is not None:
@@ -496,9 +495,8 @@ class CircuitBreaker:
                     if m.state is closed:
                         if t1 >= m.bucket_end_ns:
                             m.roll(t1 // 1_000_000)
-                        m.cur_calls += 1
                         m.calls += 1
-                        t = m.evaluate(t1 // 1_000_000) if m.calls + m.ext_calls == m.min_calls else None
+                        t = m.evaluate(t1 // 1_000_000) if m.calls == m.trip_at else None
                     else:
                         t = None
                 finally:
@@ -526,9 +524,8 @@ class CircuitBreaker:
                 if m.state is CLOSED:
                     if t1 >= m.bucket_end:
                         m.roll(t1)
-                    m.cur_calls += 1
                     m.calls += 1
-                    t = m.evaluate(t1) if m.calls + m.ext_calls == m.min_calls else None
+                    t = m.evaluate(t1) if m.calls == m.trip_at else None
                 else:
                     t = None
             if t is not None:
