@@ -168,8 +168,12 @@ class CircuitBreaker:
         return state
 
     def metrics(self) -> BreakerMetrics:
+        """A snapshot of the window as of now (buckets older than the window have left it)."""
+        now = self._clock()
         with self._lock:
             m = self._m
+            if m.state is CLOSED:
+                m.roll(now)
             calls, failed, slow = m.totals()
             return BreakerMetrics(
                 name=self.name,
