@@ -374,7 +374,7 @@ class CircuitBreaker:
             self._m.set_ext(view.calls, view.failed, view.slow)
         return t
 
-    def sync(self) -> None:
+    def flush(self) -> None:
         """Flush the local counts to the store and take its view (the store's flusher calls this every
         ``flush_s``; call it by hand in tests or with ``flush_s=None``). Store errors switch to local statistics."""
         store = self._store
@@ -386,7 +386,7 @@ class CircuitBreaker:
         sent = self._sent
         delta = (cum[0] - sent[0], cum[1] - sent[1], cum[2] - sent[2])
         try:
-            view = store.sync(self.name, self.cfg, delta, trip)
+            view = store.flush(self.name, self.cfg, delta, trip)
         except self._outage as exc:
             self._unhealthy(exc)
             return

@@ -11,7 +11,7 @@ from tests.fakeclock import FakeClock
 
 @pytest.fixture(params=["memory", "redis"])
 def make_store(request: Any, fake_clock: FakeClock, namespace: str) -> Iterator[Any]:
-    """Factory of a shared store driven by the fake clock, without a flusher thread (tests call ``sync()``)."""
+    """Factory of a shared store driven by the fake clock, without a flusher thread (tests call ``flush()``)."""
     made: list[Any] = []
 
     def make() -> Any:

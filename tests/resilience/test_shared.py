@@ -39,15 +39,15 @@ def test_two_breakers_trip_on_their_combined_window(make_store, fake_clock):
     store = make_store()
     a, b = breaker(store, fake_clock), breaker(store, fake_clock)
     fail(a, 5)
-    a.sync()
+    a.flush()
     assert a.state is State.CLOSED  # 5 calls < minimum_calls
     fail(b, 4)
     assert b.state is State.CLOSED
-    b.sync()  # store: 9 calls. b judges its 4 + a's 5
+    b.flush()  # store: 9 calls. b judges its 4 + a's 5
     fail(b, 1)  # 10 calls in the shared window, all failed: b trips locally at once
     assert b.state is State.OPEN
-    b.sync()  # ... and tells the store
-    a.sync()
+    b.flush()  # ... and tells the store
+    a.flush()
     assert a.state is State.OPEN
     assert a.metrics().shared and a.metrics().store_healthy
 
@@ -57,10 +57,10 @@ def test_store_trips_even_if_no_single_breaker_saw_enough(make_store, fake_clock
     a, b = breaker(store, fake_clock), breaker(store, fake_clock)
     fail(a, 5)
     fail(b, 5)  # neither has synced: each sees 5 < 10
-    a.sync()
-    b.sync()  # the store now holds 10 failed calls: it trips and b adopts OPEN
+    a.flush()
+    b.flush()  # the store now holds 10 failed calls: it trips and b adopts OPEN
     assert b.state is State.OPEN
-    a.sync()
+    a.flush()
     assert a.state is State.OPEN
 
 
@@ -68,9 +68,9 @@ def test_half_open_budget_is_global_and_probes_close_it(make_store, fake_clock):
     store = make_store()
     bs = [breaker(store, fake_clock, minimum_calls=2) for _ in range(4)]
     fail(bs[0], 2)
-    bs[0].sync()
+    bs[0].flush()
     for x in bs:
-        x.sync()
+        x.flush()
         assert x.state is State.OPEN
     fake_clock.advance(5_000)
     permits = []
@@ -84,7 +84,7 @@ def test_half_open_budget_is_global_and_probes_close_it(make_store, fake_clock):
     for x, p in permits:
         x._finish(p, fake_clock(), False, False)
     for x in bs:
-        x.sync()
+        x.flush()
         assert x.state is State.CLOSED
 
 
@@ -93,13 +93,13 @@ def test_failed_probes_reopen_everywhere(make_store, fake_clock):
     a = breaker(store, fake_clock, minimum_calls=1, half_open_calls=2)
     b = breaker(store, fake_clock, minimum_calls=1, half_open_calls=2)
     fail(a, 1)
-    a.sync()
-    b.sync()
+    a.flush()
+    b.flush()
     fake_clock.advance(5_000)
     fail(a, 1)  # probe 1 of 2
     fail(b, 1)  # probe 2 of 2: 2/2 failed -> OPEN
     assert b.state is State.OPEN
-    a.sync()
+    a.flush()
     assert a.state is State.OPEN
     fail(a, 1)
     assert a.metrics().not_permitted_calls >= 1
@@ -109,13 +109,13 @@ def test_force_open_and_reset_are_shared(make_store, fake_clock):
     store = make_store()
     a, b = breaker(store, fake_clock), breaker(store, fake_clock)
     a.force_open()
-    b.sync()
+    b.flush()
     assert b.state is State.OPEN and b.metrics().forced
     fake_clock.advance(600_000)
-    b.sync()
+    b.flush()
     assert b.state is State.OPEN
     b.reset()
-    a.sync()
+    a.flush()
     assert a.state is State.CLOSED and not a.metrics().forced
 
 
@@ -123,7 +123,7 @@ def test_redis_keys_have_a_ttl_and_one_slot(redis_client, namespace, fake_clock)
     store = RedisBreakerStore(redis_client, prefix=namespace, flush_s=None, clock=fake_clock)
     b = breaker(store, fake_clock)
     fail(b, 3)
-    b.sync()
+    b.flush()
     keys = list(redis_client.scan_iter(match=f"*{namespace}*"))
     assert keys == [f"{{{namespace}:pay}}".encode()]
     assert 0 < redis_client.pttl(keys[0]) <= 2 * 10_000 + 5_000 + 30_000 + 60_000
@@ -134,10 +134,10 @@ def test_redis_cluster(redis_cluster, namespace, fake_clock):
     store = RedisBreakerStore(redis_cluster, prefix=namespace, flush_s=None, clock=fake_clock)
     a, b = breaker(store, fake_clock, minimum_calls=4), breaker(store, fake_clock, minimum_calls=4)
     fail(a, 2)
-    a.sync()
+    a.flush()
     fail(b, 2)
-    b.sync()
-    a.sync()
+    b.flush()
+    a.flush()
     assert a.state is State.OPEN and b.state is State.OPEN
     store.close()
 
@@ -147,10 +147,10 @@ def test_redis_killed_falls_back_to_local_statistics(private_redis, namespace, f
     store = RedisBreakerStore(client, prefix=namespace, flush_s=None, clock=fake_clock)
     b = breaker(store, fake_clock, minimum_calls=4, half_open_calls=2)
     assert b.call(lambda: 1) == 1
-    b.sync()
+    b.flush()
     assert b.metrics().store_healthy
     private_redis.stop()
-    b.sync()  # no error: the breaker notes the outage
+    b.flush()  # no error: the breaker notes the outage
     assert not b.metrics().store_healthy
     assert b.call(lambda: 2) == 2  # calls go on
     fail(b, 3)  # local window: 2 ok + 3 failed... 5 calls, 3/5 >= 0.5
@@ -169,7 +169,7 @@ def test_redis_killed_falls_back_to_local_statistics(private_redis, namespace, f
         b._finish(p, fake_clock(), False, False)
     assert b.state is State.CLOSED
     private_redis.start()
-    b.sync()
+    b.flush()
     assert b.metrics().store_healthy
     store.close()
     client.close()
@@ -180,7 +180,7 @@ def test_redis_dies_while_half_open(private_redis, namespace, fake_clock):
     store = RedisBreakerStore(client, prefix=namespace, flush_s=None, clock=fake_clock)
     b = breaker(store, fake_clock, minimum_calls=1, half_open_calls=1)
     fail(b, 1)
-    b.sync()
+    b.flush()
     fake_clock.advance(5_000)
     private_redis.stop()
     assert b.call(lambda: "probe") == "probe"  # the store is gone: a local probe, no error
@@ -237,15 +237,15 @@ async def test_async_function_with_a_shared_breaker(redis_client, namespace, fak
         with pytest.raises(Boom):
             await fa(-1)
     assert a.state is State.OPEN
-    a.sync()
-    b.sync()
+    a.flush()
+    b.flush()
     with pytest.raises(BreakerOpenError):
         await fb(1)
     fake_clock.advance(5_000)
     assert await fb(2) == 2  # the one global probe (asked off the event loop)
     assert b.state is State.CLOSED
     assert await fa(3) == 3  # a asks the store for a probe and learns it closed
-    a.sync()
+    a.flush()
     assert a.state is State.CLOSED and await fa(4) == 4
     assert ran == [-1, -1, 2, 3, 4]
     store.close()
@@ -275,7 +275,7 @@ def test_fork_child_gets_its_own_flusher(redis_url, redis_client, namespace):
     deadline = time.monotonic() + 10
     calls = 0
     while time.monotonic() < deadline:
-        b.sync()
+        b.flush()
         calls = b.metrics().calls
         if calls >= 3:
             break
@@ -291,8 +291,8 @@ def test_one_breaker_holding_several_global_probes_reports_each(make_store, fake
         store, fake_clock, minimum_calls=1, half_open_calls=3
     )
     fail(a, 1)
-    a.sync()
-    b.sync()
+    a.flush()
+    b.flush()
     fake_clock.advance(5_000)
     p1, p2 = a._admit(), a._admit()  # two probes under one local permit (two threads of one process)
     p3 = b._admit()
@@ -303,7 +303,7 @@ def test_one_breaker_holding_several_global_probes_reports_each(make_store, fake
     assert a.state is State.HALF_OPEN
     b._finish(p3, fake_clock(), True, False)  # 1 of 3 failed < 0.5: every result reached the store -> CLOSED
     assert b.state is State.CLOSED
-    a.sync()
+    a.flush()
     assert a.state is State.CLOSED
 
 
@@ -312,14 +312,14 @@ def test_a_probe_holder_that_dies_does_not_wedge_half_open(make_store, fake_cloc
     a = breaker(store, fake_clock, minimum_calls=1, half_open_calls=1, half_open_max_s=2)
     b = breaker(store, fake_clock, minimum_calls=1, half_open_calls=1, half_open_max_s=2)
     fail(a, 1)
-    a.sync()
-    b.sync()
+    a.flush()
+    b.flush()
     fake_clock.advance(5_000)
     a._admit()  # a takes the only probe and is SIGKILLed: it never reports
     with pytest.raises(BreakerOpenError):
         b._admit()
     fake_clock.advance(2_000)  # half_open_max_s: the store re-opens ...
-    b.sync()
+    b.flush()
     assert b.state is State.OPEN
     fake_clock.advance(5_000)  # ... and after open_s grants a fresh probe
     assert b.call(lambda: "ok") == "ok"
@@ -331,8 +331,8 @@ def test_unicode_names_and_prefixes(redis_client, namespace, fake_clock):
     a = CircuitBreaker("支付-api ✓", minimum_calls=1, store=store, clock=fake_clock)
     b = CircuitBreaker("支付-api ✓", minimum_calls=1, store=store, clock=fake_clock)
     fail(a, 1)
-    a.sync()
-    b.sync()
+    a.flush()
+    b.flush()
     assert b.state is State.OPEN
     assert redis_client.pttl(f"{{{namespace}-支付:支付-api ✓}}".encode()) > 0
     store.close()

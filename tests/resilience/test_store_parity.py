@@ -49,7 +49,7 @@ def test_lua_matches_memory_store(redis_client, namespace):
         def sync(self, calls: int, data: st.DataObject, trip: int | None) -> None:
             failed = data.draw(st.integers(0, calls))
             slow = data.draw(st.integers(0, calls))
-            self.both("sync", (calls, failed, slow), trip)
+            self.both("flush", (calls, failed, slow), trip)
 
         @rule()
         def acquire(self) -> None:
@@ -80,10 +80,10 @@ def test_local_trip_before_the_first_sync_trips_the_store(fake_clock):
         with pytest.raises(ZeroDivisionError):
             a.call(lambda: 1 / 0)
     assert a.state is State.OPEN
-    a.sync()  # never synced before: the trip is still shared
+    a.flush()  # never synced before: the trip is still shared
     assert a.state is State.OPEN
     b = CircuitBreaker("early", minimum_calls=2, store=store, clock=fake_clock)
-    b.sync()
+    b.flush()
     assert b.state is State.OPEN
 
 

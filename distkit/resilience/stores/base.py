@@ -1,7 +1,7 @@
 """The contract between a :class:`~distkit.resilience.CircuitBreaker` and a shared store.
 
 A store keeps one breaker's *shared* window counters and state. The breaker never waits on it in CLOSED: it
-counts locally and a flusher (a daemon thread the store owns) calls :meth:`BreakerStore.sync` for every
+counts locally and a flusher (a daemon thread the store owns) calls :meth:`BreakerStore.flush` for every
 attached breaker each ``flush_s``, sending the growth of the local counters and getting the shared view back.
 HALF_OPEN probes go through :meth:`BreakerStore.acquire_probe` / :meth:`BreakerStore.record_probe`, so their
 budget is global. Any store error makes the breaker run on its local statistics until the store answers again.
@@ -35,7 +35,7 @@ class View:
 class BreakerStore(Protocol):
     flush_s: float | None
 
-    def sync(
+    def flush(
         self, name: str, cfg: BreakerConfig, delta: tuple[int, int, int], trip_epoch: int | None
     ) -> View: ...  # add delta to the current bucket; trip if still CLOSED at trip_epoch; evaluate; answer
 
@@ -64,7 +64,7 @@ os.register_at_fork(after_in_child=_restart_in_child)
 
 
 class Flusher:
-    """The store's daemon thread: every ``flush_s`` it calls ``breaker.sync()`` on each attached breaker (and at
+    """The store's daemon thread: every ``flush_s`` it calls ``breaker.flush()`` on each attached breaker (and at
     once when a breaker trips locally, via :meth:`wake`). Re-created lazily after ``fork``; stopped by
     :meth:`stop` (the store's ``close()``)."""
 
@@ -122,11 +122,11 @@ class Flusher:
                 break
             for b in list(self._breakers):
                 try:
-                    b.sync()
-                except Exception:  # sync maps store errors itself; anything else must not kill the thread
+                    b.flush()
+                except Exception:  # flush maps store errors itself; anything else must not kill the thread
                     from distkit.resilience.metrics import log
 
-                    log.exception("distkit.resilience: sync of breaker %r failed", getattr(b, "name", b))
+                    log.exception("distkit.resilience: flush of breaker %r failed", getattr(b, "name", b))
 
     def stop(self) -> None:
         self._stop.set()

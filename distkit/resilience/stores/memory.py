@@ -29,7 +29,7 @@ class _Shared:
 
 
 class MemoryBreakerStore:
-    """Thread-safe; ``flush_s`` as for the Redis store (``None``: no flusher thread, call ``breaker.sync()``)."""
+    """Thread-safe; ``flush_s`` as for the Redis store (``None``: no flusher thread, call ``breaker.flush()``)."""
 
     def __init__(self, *, clock: Clock | None = None, flush_s: float | None = 0.1) -> None:
         from distkit.resilience.circuit import monotonic_clock
@@ -91,7 +91,7 @@ class MemoryBreakerStore:
                 a, b, d = a + c, b + f, d + sl
         return a, b, d
 
-    def sync(self, name: str, cfg: BreakerConfig, delta: tuple[int, int, int], trip_epoch: int | None) -> View:
+    def flush(self, name: str, cfg: BreakerConfig, delta: tuple[int, int, int], trip_epoch: int | None) -> View:
         def body(s: _Shared, now: int) -> bool:
             self._tick(s, now, cfg)
             if s.st == _CLOSED and delta[0]:

@@ -3,7 +3,7 @@
 * keys: ``{prefix:name}`` (one hash tag per breaker: Redis Cluster safe), PTTL ``2 * window + open + half-open
   max + 60 s``, refreshed by every flush;
 * calls are counted in the process and flushed by the store's daemon thread every ``flush_s`` (one script per
-  breaker per flush, ``lua/sync.lua``), so CLOSED calls never wait on Redis; time is Redis ``TIME``;
+  breaker per flush, ``lua/flush.lua``), so CLOSED calls never wait on Redis; time is Redis ``TIME``;
 * HALF_OPEN probes are granted and judged by ``lua/probe.lua``: the ``half_open_calls`` budget is global;
 * Redis down (or slower than ``timeout_s``): the breaker runs on its own local statistics and probe budget,
   raises nothing, and shares again on the next successful flush (counts made meanwhile stay local).
@@ -30,7 +30,7 @@ def _view(reply: list[Any]) -> View:
 class RedisBreakerStore:
     """Share breakers' statistics through Redis (plain or Cluster, sync ``redis`` client).
 
-    ``flush_s``: how often counts go to Redis (default 0.1 s; ``None``: no thread, call ``breaker.sync()``);
+    ``flush_s``: how often counts go to Redis (default 0.1 s; ``None``: no thread, call ``breaker.flush()``);
     ``timeout_s``: the deadline of every Redis call (default 0.25 s: a slow Redis must not slow the probes);
     ``clock``: make the client supply the time instead of Redis ``TIME`` (deterministic tests only)."""
 
@@ -61,7 +61,7 @@ class RedisBreakerStore:
         self._key = key
         key(prefix, "x")  # validates the prefix
         self._run = Runner(redis_client, direct=direct, timeout_s=timeout_s)
-        self._sync = Script("resilience", "sync")
+        self._flush = Script("resilience", "flush")
         self._probe = Script("resilience", "probe")
         self._control = Script("resilience", "control")
         self.flusher = Flusher(flush_s, prefix)
@@ -104,8 +104,8 @@ class RedisBreakerStore:
         )
         return _view(reply)
 
-    def sync(self, name: str, cfg: BreakerConfig, delta: tuple[int, int, int], trip_epoch: int | None) -> View:
-        return self._call(self._sync, name, cfg, *delta, "" if trip_epoch is None else trip_epoch)
+    def flush(self, name: str, cfg: BreakerConfig, delta: tuple[int, int, int], trip_epoch: int | None) -> View:
+        return self._call(self._flush, name, cfg, *delta, "" if trip_epoch is None else trip_epoch)
 
     def acquire_probe(self, name: str, cfg: BreakerConfig) -> View:
         return self._call(self._probe, name, cfg, "acquire")
