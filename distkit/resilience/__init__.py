@@ -29,6 +29,7 @@ from distkit.resilience.stores.base import BreakerStore
 from distkit.resilience.stores.memory import MemoryBreakerStore
 
 __all__ = [
+    "AsyncRedisBreakerStore",
     "BreakerConfig",
     "BreakerMetrics",
     "BreakerOpenError",
@@ -46,4 +47,10 @@ __all__ = [
     "monotonic_clock",
 ]
 
-__getattr__ = lazy_getattr(__name__, {"RedisBreakerStore": "distkit.resilience.stores.redis"})
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "RedisBreakerStore": "distkit.resilience.stores.redis",
+        "AsyncRedisBreakerStore": "distkit.resilience.stores.redis",
+    },
+)

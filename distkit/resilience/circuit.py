@@ -151,6 +151,8 @@ class CircuitBreaker:
         self._probe_epochs: dict[int, list[int]] = {}
         self._sent = (0, 0, 0)  # machine.flushed() as of the last successful sync
         self._trip_pending: int | None = None
+        self._store_async = bool(getattr(store, "is_async", False))
+        self._pending_control: str | None = None
         _BREAKERS.add(self)
         if store is not None:
             store.attach(self)
@@ -203,16 +205,47 @@ class CircuitBreaker:
         with self._lock:
             t = self._m.force_open(now) if op == "force_open" else self._m.reset(now)
         self._emit(t, now)
-        if self._store is not None:
-            try:
-                view = self._store.control(self.name, self.cfg, op)
-            except self._outage as exc:
-                self._unhealthy(exc)
-            else:
-                now = self._clock()
-                with self._lock:
-                    t = self._adopt(view, now)
-                self._emit(t, now)
+        if self._store is None:
+            return
+        if self._store_async:  # sync caller, asyncio store: the next aflush() tells the store
+            self._pending_control = op
+            return
+        try:
+            view = self._store.control(self.name, self.cfg, op)
+        except self._outage as exc:
+            self._unhealthy(exc)
+        else:
+            self._apply(view)
+
+    async def aforce_open(self) -> None:
+        """:meth:`force_open` that tells an asyncio store (``AsyncRedisBreakerStore``) at once."""
+        await self._acontrol("force_open")
+
+    async def areset(self) -> None:
+        """:meth:`reset` that tells an asyncio store at once."""
+        await self._acontrol("reset")
+
+    async def _acontrol(self, op: str) -> None:
+        if not self._store_async:
+            self._control(op)
+            return
+        now = self._clock()
+        with self._lock:
+            t = self._m.force_open(now) if op == "force_open" else self._m.reset(now)
+        self._emit(t, now)
+        self._pending_control = None
+        try:
+            view = await self._store.control(self.name, self.cfg, op)  # type: ignore[union-attr,misc]
+        except self._outage as exc:
+            self._unhealthy(exc)
+        else:
+            self._apply(view)
+
+    def _apply(self, view: View) -> None:
+        now = self._clock()
+        with self._lock:
+            t = self._adopt(view, now)
+        self._emit(t, now)
 
     def close(self) -> None:
         """Detach from the store (its flusher stops syncing this breaker)."""
@@ -240,10 +273,9 @@ class CircuitBreaker:
 
     # ------------------------------------------------------------------ admission and outcomes
 
-    def _admit(self) -> int:
-        """The slow path of admission (the breaker is not CLOSED): a permit, or raises BreakerOpenError."""
-        now = self._clock()
-        if self._store is not None and self._healthy:
+    def _admit_pre(self, now: int, can_ask: bool) -> int | None:
+        """Admission without I/O: a permit, or raises BreakerOpenError, or None = ask the store for a probe."""
+        if self._store is not None and self._healthy and can_ask:
             with self._lock:
                 t = self._m.tick(now) if self._m.state is OPEN else None
                 state = self._m.state
@@ -256,14 +288,10 @@ class CircuitBreaker:
             self._emit(t, now)
             if state_seen is not None:
                 raise self._reject(now, retry, state_seen)
-            if state is CLOSED:
-                return CALL
-            try:
-                view = self._store.acquire_probe(self.name, self.cfg)
-            except self._outage as exc:
-                self._unhealthy(exc)
-            else:
-                return self._granted(view, now)
+            return CALL if state is CLOSED else None
+        return self._admit_local(now)
+
+    def _admit_local(self, now: int) -> int:
         with self._lock:
             permit, t = self._m.admit(now)
             state = self._m.state
@@ -272,6 +300,32 @@ class CircuitBreaker:
         if permit is None:
             raise self._reject(now, retry, state)
         return permit
+
+    def _admit(self) -> int:
+        """The slow path of admission (the breaker is not CLOSED): a permit, or raises BreakerOpenError."""
+        now = self._clock()
+        permit = self._admit_pre(now, not self._store_async)
+        if permit is not None:
+            return permit
+        try:
+            view = self._store.acquire_probe(self.name, self.cfg)  # type: ignore[union-attr]
+        except self._outage as exc:
+            self._unhealthy(exc)
+            return self._admit_local(now)
+        return self._granted(view, now)
+
+    async def _aadmit_store(self) -> int:
+        """Asyncio twin of :meth:`_admit` for an asyncio store."""
+        now = self._clock()
+        permit = self._admit_pre(now, True)
+        if permit is not None:
+            return permit
+        try:
+            view = await self._store.acquire_probe(self.name, self.cfg)  # type: ignore[union-attr,misc]
+        except self._outage as exc:
+            self._unhealthy(exc)
+            return self._admit_local(now)
+        return self._granted(view, now)
 
     def _may_ask_store(self) -> bool:
         """Whether admission may need a store round trip (else it answers locally, without I/O)."""
@@ -303,7 +357,7 @@ class CircuitBreaker:
         return permit
 
     def _finish(self, permit: int, now: int, failed: bool, slow: bool) -> None:
-        if permit != CALL and self._store is not None:
+        if permit != CALL and self._store is not None and not self._store_async:
             epoch = self._store_epoch_of(permit)
             if epoch is not None and self._healthy:
                 try:
@@ -311,13 +365,31 @@ class CircuitBreaker:
                 except self._outage as exc:
                     self._unhealthy(exc)
                 else:
-                    with self._lock:
-                        self._m.done += 1
-                        t = self._adopt(view, now)
-                    self._emit(t, now)
+                    self._probe_reported(view, now)
                     return
         with self._lock:
             t = self._m.record(now, permit, failed, slow)
+        self._emit(t, now)
+
+    async def _afinish(self, permit: int, now: int, failed: bool, slow: bool) -> None:
+        if permit != CALL and self._store_async:
+            epoch = self._store_epoch_of(permit)
+            if epoch is not None and self._healthy:
+                try:
+                    view = await self._store.record_probe(  # type: ignore[union-attr,misc]
+                        self.name, self.cfg, epoch, failed, slow
+                    )
+                except self._outage as exc:
+                    self._unhealthy(exc)
+                else:
+                    self._probe_reported(view, now)
+                    return
+        self._finish(permit, now, failed, slow)
+
+    def _probe_reported(self, view: View, now: int) -> None:
+        with self._lock:
+            self._m.done += 1
+            t = self._adopt(view, now)
         self._emit(t, now)
 
     def _store_epoch_of(self, permit: int) -> int | None:
@@ -334,21 +406,38 @@ class CircuitBreaker:
     def _release(self, permit: int) -> None:
         if permit == CALL:
             return
-        epoch = self._store_epoch_of(permit) if self._store is not None else None
-        if epoch is not None and self._healthy and self._store is not None:
-            try:
-                view = self._store.release_probe(self.name, self.cfg, epoch)
-            except self._outage as exc:
-                self._unhealthy(exc)
-            else:
-                now = self._clock()
-                with self._lock:
-                    self._m.issued = max(self._m.done, self._m.issued - 1)
-                    t = self._adopt(view, now)
-                self._emit(t, now)
-                return
+        if self._store is not None and not self._store_async:
+            epoch = self._store_epoch_of(permit)
+            if epoch is not None and self._healthy:
+                try:
+                    view = self._store.release_probe(self.name, self.cfg, epoch)
+                except self._outage as exc:
+                    self._unhealthy(exc)
+                else:
+                    self._probe_released(view)
+                    return
         with self._lock:
             self._m.release(permit)
+
+    async def _arelease(self, permit: int) -> None:
+        if permit != CALL and self._store_async:
+            epoch = self._store_epoch_of(permit)
+            if epoch is not None and self._healthy:
+                try:
+                    view = await self._store.release_probe(self.name, self.cfg, epoch)  # type: ignore[union-attr,misc]
+                except self._outage as exc:
+                    self._unhealthy(exc)
+                else:
+                    self._probe_released(view)
+                    return
+        self._release(permit)
+
+    def _probe_released(self, view: View) -> None:
+        now = self._clock()
+        with self._lock:
+            self._m.issued = max(self._m.done, self._m.issued - 1)
+            t = self._adopt(view, now)
+        self._emit(t, now)
 
     def _on_exception(self, permit: int, t0: int, exc: BaseException) -> None:
         if isinstance(exc, self._ignore) or not isinstance(exc, Exception):
@@ -356,6 +445,13 @@ class CircuitBreaker:
             return
         t1 = self._clock()
         self._finish(permit, t1, isinstance(exc, self._record), t1 - t0 >= self._m.slow_ms)
+
+    async def _aon_exception(self, permit: int, t0: int, exc: BaseException) -> None:
+        if isinstance(exc, self._ignore) or not isinstance(exc, Exception):
+            await self._arelease(permit)
+            return
+        t1 = self._clock()
+        await self._afinish(permit, t1, isinstance(exc, self._record), t1 - t0 >= self._m.slow_ms)
 
     # ------------------------------------------------------------------ shared store
 
@@ -374,24 +470,14 @@ class CircuitBreaker:
             self._m.set_ext(view.calls, view.failed, view.slow)
         return t
 
-    def flush(self) -> None:
-        """Flush the local counts to the store and take its view (the store's flusher calls this every
-        ``flush_s``; call it by hand in tests or with ``flush_s=None``). Store errors switch to local statistics."""
-        store = self._store
-        if store is None:
-            return
+    def _flush_pre(self) -> tuple[tuple[int, int, int], tuple[int, int, int], int | None]:
         with self._lock:
             cum = self._m.flushed()
             trip = self._trip_pending
         sent = self._sent
-        delta = (cum[0] - sent[0], cum[1] - sent[1], cum[2] - sent[2])
-        try:
-            view = store.flush(self.name, self.cfg, delta, trip)
-        except self._outage as exc:
-            self._unhealthy(exc)
-            return
-        finally:
-            self._sent = cum  # sent, or dropped from the shared window on failure (they stay in the local one)
+        return cum, (cum[0] - sent[0], cum[1] - sent[1], cum[2] - sent[2]), trip
+
+    def _flush_post(self, view: View, trip: int | None) -> None:
         if not self._healthy:
             log.info("circuit breaker %r: store reachable again, sharing statistics", self.name)
         self._healthy = True
@@ -403,6 +489,47 @@ class CircuitBreaker:
             t2 = self._m.evaluate(now)
         self._emit(t, now)
         self._emit(t2, now)
+
+    def flush(self) -> None:
+        """Flush the local counts to the store and take its view (the store's flusher calls this every
+        ``flush_s``; call it by hand in tests or with ``flush_s=None``). Store errors switch to local statistics.
+        With an asyncio store use :meth:`aflush`."""
+        store = self._store
+        if store is None:
+            return
+        if self._store_async:
+            raise TypeError(f"breaker {self.name!r} has an asyncio store: use `await breaker.aflush()`")
+        cum, delta, trip = self._flush_pre()
+        try:
+            view = store.flush(self.name, self.cfg, delta, trip)
+        except self._outage as exc:
+            self._unhealthy(exc)
+            return
+        finally:
+            self._sent = cum  # sent, or dropped from the shared window on failure (they stay in the local one)
+        self._flush_post(view, trip)
+
+    async def aflush(self) -> None:
+        """Asyncio twin of :meth:`flush` (for ``AsyncRedisBreakerStore``; with a sync store it runs :meth:`flush`
+        in a thread). Also sends a ``force_open``/``reset`` made by a sync caller."""
+        store = self._store
+        if store is None:
+            return
+        if not self._store_async:
+            await asyncio.to_thread(self.flush)
+            return
+        op, self._pending_control = self._pending_control, None
+        if op is not None:
+            await self._acontrol(op)
+        cum, delta, trip = self._flush_pre()
+        try:
+            view = await store.flush(self.name, self.cfg, delta, trip)  # type: ignore[misc]
+        except self._outage as exc:
+            self._unhealthy(exc)
+            return
+        finally:
+            self._sent = cum
+        self._flush_post(view, trip)
 
     # ------------------------------------------------------------------ calling
 
@@ -436,9 +563,23 @@ class CircuitBreaker:
         if inspect.iscoroutinefunction(fn):
 
             async def aadmit() -> int:
+                if self._store_async and self._healthy:
+                    return await self._aadmit_store()
                 if self._store is not None and self._healthy and self._may_ask_store():
-                    return await asyncio.to_thread(admit)  # a HALF_OPEN probe asks the store: off the loop
+                    return await asyncio.to_thread(admit)  # a HALF_OPEN probe asks a sync store: off the loop
                 return admit()
+
+            async def aon_exception(permit: int, t0: int, exc: BaseException) -> None:
+                if self._store_async:
+                    await self._aon_exception(permit, t0, exc)
+                else:
+                    await asyncio.to_thread(on_exception, permit, t0, exc)
+
+            async def afinish(permit: int, t1: int, slow: bool) -> None:
+                if self._store_async:
+                    await self._afinish(permit, t1, False, slow)
+                else:
+                    await asyncio.to_thread(finish, permit, t1, False, slow)
 
             @functools.wraps(fn)
             async def acall(*args: Any, **kwargs: Any) -> Any:
@@ -448,14 +589,14 @@ class CircuitBreaker:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
                     if permit and self._store is not None:
-                        await asyncio.to_thread(on_exception, permit, t0, exc)
+                        await aon_exception(permit, t0, exc)
                     else:
                         on_exception(permit, t0, exc)
                     raise
                 t1 = clock()
                 if permit or t1 - t0 >= slow_ms:
                     if permit and self._store is not None:
-                        await asyncio.to_thread(finish, permit, t1, False, t1 - t0 >= slow_ms)
+                        await afinish(permit, t1, t1 - t0 >= slow_ms)
                     else:
                         finish(permit, t1, False, t1 - t0 >= slow_ms)
                     return result

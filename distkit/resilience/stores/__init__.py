@@ -4,6 +4,12 @@ from distkit._lazy import lazy_getattr
 from distkit.resilience.stores.base import BreakerStore, View
 from distkit.resilience.stores.memory import MemoryBreakerStore
 
-__all__ = ["BreakerStore", "MemoryBreakerStore", "RedisBreakerStore", "View"]
+__all__ = ["AsyncRedisBreakerStore", "BreakerStore", "MemoryBreakerStore", "RedisBreakerStore", "View"]
 
-__getattr__ = lazy_getattr(__name__, {"RedisBreakerStore": "distkit.resilience.stores.redis"})
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "RedisBreakerStore": "distkit.resilience.stores.redis",
+        "AsyncRedisBreakerStore": "distkit.resilience.stores.redis",
+    },
+)

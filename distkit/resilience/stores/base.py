@@ -9,6 +9,7 @@ budget is global. Any store error makes the breaker run on its local statistics 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import weakref
@@ -134,3 +135,73 @@ class Flusher:
         t = self._thread
         if t is not None and t.is_alive() and t is not threading.current_thread() and self._pid == os.getpid():
             t.join(timeout=5)
+
+
+class AsyncFlusher:
+    """The asyncio twin of :class:`Flusher`: a task of one event loop awaiting ``breaker.aflush()``."""
+
+    def __init__(self, flush_s: float | None, name: str) -> None:
+        self.flush_s = flush_s
+        self._name = name
+        self._breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopped = False
+
+    def attach(self, breaker: Any) -> None:
+        self._breakers.add(breaker)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: `async with store:` or `await store.start()` starts the task
+        self.start()
+
+    def detach(self, breaker: Any) -> None:
+        self._breakers.discard(breaker)
+
+    def start(self) -> None:
+        if self.flush_s is None or self._stopped or (self._task is not None and not self._task.done()):
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = self._loop.create_task(self._run(), name=f"distkit-breaker-{self._name}")
+
+    def wake(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
+
+    async def _run(self) -> None:
+        assert self.flush_s is not None and self._wake is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            for b in list(self._breakers):
+                try:
+                    await b.aflush()
+                except Exception:  # aflush maps store errors itself; anything else must not kill the task
+                    from distkit.resilience.metrics import log
+
+                    log.exception("distkit.resilience: flush of breaker %r failed", getattr(b, "name", b))
+
+    async def stop(self) -> None:
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
