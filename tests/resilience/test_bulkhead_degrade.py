@@ -218,3 +218,36 @@ def test_degrade_rejects_bad_arguments():
         degrade(fallback=None)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError):
         degrade(fallback=lambda: 1, on=(ValueError, "x"))  # type: ignore[arg-type]
+
+
+async def test_one_cap_for_threads_and_tasks():
+    """A slot freed by a thread goes to a waiting asyncio task (and back): one cap, FIFO across both kinds."""
+    bulkhead = Bulkhead("mixed", max_concurrent=1, max_wait_s=30)
+    held = threading.Event()
+    go = threading.Event()
+
+    def thread_body() -> None:
+        with bulkhead:
+            held.set()
+            go.wait(30)
+
+    t = threading.Thread(target=thread_body)
+    t.start()
+    assert await asyncio.to_thread(held.wait, 30)
+    waiter = asyncio.create_task(bulkhead.aacquire())
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and bulkhead.metrics().waiting == 1
+    go.set()  # the thread releases: the slot is handed to the task through its loop
+    await asyncio.wait_for(waiter, 30)
+    assert bulkhead.metrics().in_flight == 1
+    got = []
+    t2 = threading.Thread(target=lambda: got.append(bulkhead.acquire()))
+    t2.start()
+    await asyncio.sleep(0.05)
+    assert t2.is_alive()  # the thread waits for the task's slot
+    bulkhead.release()
+    await asyncio.to_thread(t2.join, 30)
+    assert got == [None] and bulkhead.metrics().in_flight == 1
+    bulkhead.release()
+    t.join()
+    assert bulkhead.metrics().in_flight == 0
