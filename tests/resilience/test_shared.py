@@ -336,3 +336,36 @@ def test_unicode_names_and_prefixes(redis_client, namespace, fake_clock):
     assert b.state is State.OPEN
     assert redis_client.pttl(f"{{{namespace}-支付:支付-api ✓}}".encode()) > 0
     store.close()
+
+
+def test_a_frozen_redis_never_blocks_closed_calls(private_redis, namespace):
+    """SIGSTOP the store's Redis: the flusher thread waits for its socket timeout, the calls never do."""
+    import os
+    import signal
+
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    store = RedisBreakerStore(client, prefix=namespace, flush_s=0.02)
+    b = CircuitBreaker("frozen", minimum_calls=10**6, store=store)
+    f = b(lambda: 1)
+    f()
+    os.kill(private_redis.proc.pid, signal.SIGSTOP)
+    try:
+        worst = 0.0
+        deadline = time.monotonic() + 1.5  # spans several flush attempts and socket timeouts
+        n = 0
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            f()
+            worst = max(worst, time.monotonic() - t0)
+            n += 1
+        assert worst < 0.5, worst  # a call waiting on Redis would take the 1 s socket timeout
+        deadline = time.monotonic() + 5
+        while b.metrics().store_healthy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not b.metrics().store_healthy  # the flusher noticed, quietly
+        assert b.metrics().calls == n + 1
+    finally:
+        os.kill(private_redis.proc.pid, signal.SIGCONT)
+    b.close()
+    store.close()
+    client.close()
