@@ -46,7 +46,7 @@ def main() -> None:
         print("DISTKIT_REDIS_URL is not set: measuring the in-memory breakers only (run `make bench`)")
     candidates.append(("distkit Bulkhead (for scale)", Bulkhead("bench", max_concurrent=16)(_noop)))
 
-    rates = best_rates(candidates, rounds=5, seconds=2.5)
+    rates = best_rates(candidates, rounds=8, seconds=4.0)
     base_us = 1e6 / rates["undecorated call"]
     rows = []
     for name, value in rates.items():
