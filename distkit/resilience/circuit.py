@@ -38,6 +38,7 @@ def monotonic_clock() -> int:
 
 
 _BREAKERS: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+IDLE_FLUSH_S = 1.0  # an idle CLOSED breaker still hears from its store this often (at most open_s / 4)
 
 
 def _after_fork_in_child() -> None:
@@ -153,6 +154,7 @@ class CircuitBreaker:
         self._trip_pending: int | None = None
         self._store_async = bool(getattr(store, "is_async", False))
         self._pending_control: str | None = None
+        self._last_flush = 0.0  # time.monotonic() of the last successful flush
         _BREAKERS.add(self)
         if store is not None:
             store.attach(self)
@@ -478,6 +480,7 @@ class CircuitBreaker:
         return cum, (cum[0] - sent[0], cum[1] - sent[1], cum[2] - sent[2]), trip
 
     def _flush_post(self, view: View, trip: int | None) -> None:
+        self._last_flush = time.monotonic()
         if not self._healthy:
             log.info("circuit breaker %r: store reachable again, sharing statistics", self.name)
         self._healthy = True
@@ -489,6 +492,24 @@ class CircuitBreaker:
             t2 = self._m.evaluate(now)
         self._emit(t, now)
         self._emit(t2, now)
+
+    def _idle(self) -> bool:
+        """Nothing to tell the store and heard from it lately: the flusher may skip this round (an idle process
+        costs Redis one script per ``min(1 s, open_s / 4)`` per breaker; a busy one flushes every ``flush_s``)."""
+        if self._trip_pending is not None or self._pending_control is not None or not self._healthy:
+            return False
+        with self._lock:
+            busy = self._m.state is not CLOSED or self._m.flushed() != self._sent
+        quiet_s = min(IDLE_FLUSH_S, self.cfg.open_ms / 4000)  # never sleep through a whole OPEN period
+        return not busy and time.monotonic() - self._last_flush < quiet_s
+
+    def _auto_flush(self) -> None:
+        if not self._idle():
+            self.flush()
+
+    async def _aauto_flush(self) -> None:
+        if not self._idle():
+            await self.aflush()
 
     def flush(self) -> None:
         """Flush the local counts to the store and take its view (the store's flusher calls this every

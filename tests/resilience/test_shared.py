@@ -369,3 +369,28 @@ def test_a_frozen_redis_never_blocks_closed_calls(private_redis, namespace):
     b.close()
     store.close()
     client.close()
+
+
+def test_idle_breakers_flush_rarely_busy_ones_at_once(redis_client, namespace):
+    store = RedisBreakerStore(redis_client, prefix=namespace, flush_s=0.02)
+    b = CircuitBreaker("idle", minimum_calls=100, open_s=30, store=store)  # idle rounds: one per second
+    flushes: list[int] = []
+    real = store.flush
+
+    def counting(*args):
+        view = real(*args)
+        flushes.append(args[2][0])  # the calls it sent
+        return view
+
+    store.flush = counting  # type: ignore[method-assign]
+    time.sleep(0.6)  # ~30 flusher rounds, nothing to say: one flush (the first), not thirty
+    assert 1 <= len(flushes) <= 2
+    before = len(flushes)
+    b.call(lambda: 1)
+    deadline = time.monotonic() + 5
+    while len(flushes) == before and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(flushes) > before  # a call is flushed at the next round, not after the idle second
+    assert sum(flushes) == 1
+    b.close()
+    store.close()

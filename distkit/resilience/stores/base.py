@@ -123,7 +123,7 @@ class Flusher:
                 break
             for b in list(self._breakers):
                 try:
-                    b.flush()
+                    b._auto_flush()
                 except Exception:  # flush maps store errors itself; anything else must not kill the thread
                     from distkit.resilience.metrics import log
 
@@ -190,7 +190,7 @@ class AsyncFlusher:
             self._wake.clear()
             for b in list(self._breakers):
                 try:
-                    await b.aflush()
+                    await b._aauto_flush()
                 except Exception:  # aflush maps store errors itself; anything else must not kill the task
                     from distkit.resilience.metrics import log
 
