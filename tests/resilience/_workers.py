@@ -20,7 +20,7 @@ def shared_worker(url: str, prefix: str, idx: int, threads: int, out: str, start
     store = RedisBreakerStore(client, prefix=prefix, flush_s=0.05)
     events: list[tuple[str, str, float]] = []
     breaker = CircuitBreaker(
-        "dep", failure_rate=0.5, window_s=4, buckets=4, minimum_calls=40, open_s=1, half_open_calls=3,
+        "dep", failure_rate=0.5, window_s=4, buckets=4, minimum_calls=40, open_s=2, half_open_calls=3,
         half_open_max_s=60, store=store, on_event=lambda e: events.append((e.from_state, e.to_state, time.time())),
     )
     ran = [0] * threads

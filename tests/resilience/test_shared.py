@@ -213,7 +213,8 @@ def test_four_processes_trip_together_and_share_the_probe_budget(redis_url, redi
     results = [json.load(open(o)) for o in outs]
     assert sum(r["ran"] for r in results) == 3  # HALF_OPEN probes across all processes == half_open_calls
     assert all(r["rejected_half_open"] > 0 for r in results)  # every process tried and was refused
-    opened = [min(t for f, to, t in r["events"] if f == "CLOSED" and to == "OPEN") for r in results]
+    # each process's trip: its first move out of CLOSED (a process that heard late may go straight to HALF_OPEN)
+    opened = [min(t for f, to, t in r["events"] if f == "CLOSED") for r in results]
     assert max(opened) - min(opened) < 4.0  # every process tripped within one window (window_s=4)
     # the three failed probes were all judged globally: the shared state went back to OPEN
     assert redis_client.hget(f"{{{namespace}:dep}}", "st") == b"1"
