@@ -25,10 +25,11 @@ from distkit.resilience.bulkhead import Bulkhead, BulkheadMetrics
 from distkit.resilience.circuit import BreakerMetrics, CircuitBreaker, monotonic_clock
 from distkit.resilience.degrade import degrade
 from distkit.resilience.metrics import Event
-from distkit.resilience.stores.base import BreakerStore
+from distkit.resilience.stores.base import AsyncBreakerStore, BreakerStore
 from distkit.resilience.stores.memory import MemoryBreakerStore
 
 __all__ = [
+    "AsyncBreakerStore",
     "AsyncRedisBreakerStore",
     "BreakerConfig",
     "BreakerMetrics",

@@ -28,7 +28,7 @@ from distkit.resilience.breaker import (
     Transition,
 )
 from distkit.resilience.metrics import EventHook, Recorder, log
-from distkit.resilience.stores.base import BreakerStore, View
+from distkit.resilience.stores.base import AsyncBreakerStore, BreakerStore, View
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,7 +115,7 @@ class CircuitBreaker:
         half_open_max_s: float = 30.0,
         record_exceptions: tuple[type[BaseException], ...] = (Exception,),
         ignore_exceptions: tuple[type[BaseException], ...] = (),
-        store: BreakerStore | None = None,
+        store: BreakerStore | AsyncBreakerStore | None = None,
         clock: Clock | None = None,
         on_event: EventHook | None = None,
     ) -> None:
@@ -143,7 +143,7 @@ class CircuitBreaker:
         self._record = record_exceptions
         self._ignore = ignore_exceptions
         self._events = Recorder(name, "breaker", on_event)
-        self._store = store
+        self._store: Any = store  # a BreakerStore or an AsyncBreakerStore (is_async)
         self._healthy = store is not None
         self._outage = _outage_errors() if store is not None else ()
         self._g_epoch = -1  # the store's epoch as last seen
@@ -237,7 +237,7 @@ class CircuitBreaker:
         self._emit(t, now)
         self._pending_control = None
         try:
-            view = await self._store.control(self.name, self.cfg, op)  # type: ignore[union-attr,misc]
+            view = await self._store.control(self.name, self.cfg, op)
         except self._outage as exc:
             self._unhealthy(exc)
         else:
@@ -310,7 +310,7 @@ class CircuitBreaker:
         if permit is not None:
             return permit
         try:
-            view = self._store.acquire_probe(self.name, self.cfg)  # type: ignore[union-attr]
+            view = self._store.acquire_probe(self.name, self.cfg)
         except self._outage as exc:
             self._unhealthy(exc)
             return self._admit_local(now)
@@ -323,7 +323,7 @@ class CircuitBreaker:
         if permit is not None:
             return permit
         try:
-            view = await self._store.acquire_probe(self.name, self.cfg)  # type: ignore[union-attr,misc]
+            view = await self._store.acquire_probe(self.name, self.cfg)
         except self._outage as exc:
             self._unhealthy(exc)
             return self._admit_local(now)
@@ -378,7 +378,7 @@ class CircuitBreaker:
             epoch = self._store_epoch_of(permit)
             if epoch is not None and self._healthy:
                 try:
-                    view = await self._store.record_probe(  # type: ignore[union-attr,misc]
+                    view = await self._store.record_probe(
                         self.name, self.cfg, epoch, failed, slow
                     )
                 except self._outage as exc:
@@ -426,7 +426,7 @@ class CircuitBreaker:
             epoch = self._store_epoch_of(permit)
             if epoch is not None and self._healthy:
                 try:
-                    view = await self._store.release_probe(self.name, self.cfg, epoch)  # type: ignore[union-attr,misc]
+                    view = await self._store.release_probe(self.name, self.cfg, epoch)
                 except self._outage as exc:
                     self._unhealthy(exc)
                 else:
@@ -544,7 +544,7 @@ class CircuitBreaker:
             await self._acontrol(op)
         cum, delta, trip = self._flush_pre()
         try:
-            view = await store.flush(self.name, self.cfg, delta, trip)  # type: ignore[misc]
+            view = await store.flush(self.name, self.cfg, delta, trip)
         except self._outage as exc:
             self._unhealthy(exc)
             return

@@ -64,6 +64,29 @@ def _restart_in_child() -> None:
 os.register_at_fork(after_in_child=_restart_in_child)
 
 
+class AsyncBreakerStore(Protocol):
+    """The asyncio twin of :class:`BreakerStore` (``is_async = True``; every operation is awaited)."""
+
+    is_async: bool
+    flush_s: float | None
+
+    async def flush(
+        self, name: str, cfg: BreakerConfig, delta: tuple[int, int, int], trip_epoch: int | None
+    ) -> View: ...
+
+    async def acquire_probe(self, name: str, cfg: BreakerConfig) -> View: ...
+
+    async def record_probe(self, name: str, cfg: BreakerConfig, epoch: int, failed: bool, slow: bool) -> View: ...
+
+    async def release_probe(self, name: str, cfg: BreakerConfig, epoch: int) -> View: ...
+
+    async def control(self, name: str, cfg: BreakerConfig, op: str) -> View: ...
+
+    def attach(self, breaker: Any) -> None: ...
+
+    def detach(self, breaker: Any) -> None: ...
+
+
 class Flusher:
     """The store's daemon thread: every ``flush_s`` it calls ``breaker.flush()`` on each attached breaker (and at
     once when a breaker trips locally, via :meth:`wake`). Re-created lazily after ``fork``; stopped by
