@@ -272,3 +272,41 @@ class StockError(DistkitError):
 
 class StockNotLoadedError(StockError, LookupError):
     """No stock was loaded for this SKU (``load()`` it first); never treated as "sold out"."""
+# --------------------------------------------------------------------------- resilience
+
+
+class ResilienceError(DistkitError):
+    """Base class of :mod:`distkit.resilience` errors."""
+
+
+class InvalidBreakerConfigError(ResilienceError, InvalidArgumentError):
+    """A circuit breaker or bulkhead setting that cannot work (a rate outside (0, 1], a window shorter than a
+    bucket, zero probes)."""
+
+
+class BreakerOpenError(ResilienceError):
+    """The circuit breaker is OPEN (or HALF_OPEN with every probe taken): the call was not made.
+
+    ``retry_after_s`` is how long until the breaker lets probes through (0 when HALF_OPEN)."""
+
+    def __init__(self, name: str, state: str, retry_after_s: float) -> None:
+        super().__init__(
+            f"circuit breaker {name!r} is {state}; the call was not made, retry after {retry_after_s:.3f} s "
+            "or serve a fallback (distkit.resilience.degrade)"
+        )
+        self.name = name
+        self.state = state
+        self.retry_after_s = retry_after_s
+
+
+class BulkheadFullError(ResilienceError):
+    """Every slot of the bulkhead stayed taken for ``max_wait_s``: the call was not made."""
+
+    def __init__(self, name: str, max_concurrent: int, waited_s: float) -> None:
+        super().__init__(
+            f"bulkhead {name!r} is full ({max_concurrent} calls in flight) after waiting {waited_s:.3f} s; "
+            "retry later, raise max_concurrent, or serve a fallback (distkit.resilience.degrade)"
+        )
+        self.name = name
+        self.max_concurrent = max_concurrent
+        self.waited_s = waited_s
