@@ -1,6 +1,6 @@
 -- Claim KEYS[1] for ARGV[1] (token) unless a result is stored or a live run holds it.
 -- ARGV: token, payload_hash, in_progress_ttl_ms, record_ttl_ms
--- Returns {'claimed'} | {'reclaimed'} | {'completed', hash, result} | {'in_progress', hash, age_ms}
+-- Returns {'claimed'} | {'reclaimed'} | {'completed', hash, result, pttl_ms} | {'in_progress', hash, age_ms}
 -- Safe to resend: a claim already held by this token answers 'claimed' again (a reply lost in flight).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -11,7 +11,7 @@ if not rec[1] then
   return {'claimed'}
 end
 if rec[1] == 'C' then
-  return {'completed', rec[3], rec[4]}
+  return {'completed', rec[3], rec[4], redis.call('PTTL', KEYS[1])}
 end
 if rec[5] == ARGV[1] then return {'claimed'} end
 local age = now - tonumber(rec[2])
