@@ -21,24 +21,8 @@ from distkit.errors import (
     IdempotencyKeyMismatchError,
     IdempotencyStoreError,
 )
-from distkit.idempotency import RedisIdempotencyStore, SqlIdempotencyStore, idempotent
+from distkit.idempotency import RedisIdempotencyStore, idempotent
 from tests.idempotency._workers import deliver
-
-
-@pytest.fixture(params=["redis", "redis-client-path", "sql"])
-def store_kind(request):
-    """ "redis" runs the scripts over the direct lane, "redis-client-path" through redis-py (``direct=False``)."""
-    return request.param
-
-
-@pytest.fixture
-def store(store_kind, request, namespace):
-    if store_kind.startswith("redis"):
-        return RedisIdempotencyStore(
-            request.getfixturevalue("redis_client"), prefix=f"idem-{namespace}", direct=store_kind == "redis"
-        )
-    return SqlIdempotencyStore(request.getfixturevalue("pg_engine"))
-
 
 RESULTS = [
     0,
@@ -178,23 +162,25 @@ def test_records_expire_after_ttl(store, store_kind, request):
         assert row.state == "C"
 
 
-def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
+def test_sixteen_threads_and_sixteen_processes_run_the_handler_exactly_once(
     store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
 ):
+    """16 threads of this process and 16 forked processes (each with its own client or engine) deliver the same
+    message at once: exactly one run."""
     counter = f"{{{namespace}}}:runs"
     key = f"order-{uuid.uuid4().hex}"
     url = redis_url if store_kind.startswith("redis") else database_url
     schema = namespace if store_kind.startswith("redis") else pg_schema
     if store_kind.startswith("redis"):
         store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(5)  # 4 children + this test
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(17)  # 16 children + this test
     procs = [
         ctx.Process(
             target=deliver,
             args=(store_kind, url, schema, redis_url, counter, key, 0.3, 60, start, str(tmp_path / f"p{i}")),
         )
-        for i in range(4)
+        for i in range(16)
     ]
     for p in procs:
         p.start()
@@ -216,19 +202,19 @@ def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
         except IdempotencyInProgressError:
             outcomes.append("in_progress")
 
-    threads = [threading.Thread(target=thread_delivery) for _ in range(20)]
+    threads = [threading.Thread(target=thread_delivery) for _ in range(16)]
     for t in threads:
         t.start()
-    start.wait(60)  # the 4 children are ready: everyone delivers at once
+    start.wait(60)  # the 16 children are ready: everyone delivers at once
     go.set()
     for t in threads:
         t.join(30)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    outcomes += [(tmp_path / f"p{i}").read_text() for i in range(4)]
-    assert int(redis_client.get(counter)) == 1  # exactly one run among 24 concurrent deliveries
-    assert len(outcomes) == 24 and set(outcomes) <= {"result", "in_progress"}
+    outcomes += [(tmp_path / f"p{i}").read_text() for i in range(16)]
+    assert int(redis_client.get(counter)) == 1  # exactly one run among 32 concurrent deliveries
+    assert len(outcomes) == 32 and set(outcomes) <= {"result", "in_progress"}
     assert outcomes.count("result") >= 1
     redis_client.delete(counter)
 

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from distkit.idempotency import Inbox, SqlIdempotencyStore, idempotent
@@ -21,37 +21,70 @@ def reservations(pg_engine):
     return pg_engine
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def business_db(request, tmp_path):
+    """The business database: PostgreSQL, or a SQLite file (pysqlite, as the demo uses)."""
+    if request.param == "postgresql":
+        yield request.getfixturevalue("reservations")
+        return
+    engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE reservations (id integer primary key, message_id text, qty int)"))
+    yield engine
+    engine.dispose()
+
+
 def count(engine, sql="SELECT count(*) FROM reservations"):
     with engine.connect() as c:
         return c.execute(text(sql)).scalar_one()
 
 
-def test_business_row_and_inbox_row_commit_together(reservations):
-    inbox = Inbox(reservations)
+def test_business_row_and_inbox_row_commit_together(business_db):
+    inbox = Inbox(business_db)
     for _ in range(3):  # the same delivery three times
-        with Session(reservations) as s, s.begin():
+        with Session(business_db) as s, s.begin():
             with inbox.receive(s, message_id="evt-1", consumer="stock") as fresh:
                 if fresh:
                     s.execute(text("INSERT INTO reservations (message_id, qty) VALUES ('evt-1', 2)"))
-    assert count(reservations) == 1
-    assert count(reservations, "SELECT count(*) FROM distkit_inbox") == 1
-    with Session(reservations) as s, s.begin():  # another consumer group processes it independently
+    assert count(business_db) == 1
+    assert count(business_db, "SELECT count(*) FROM distkit_inbox") == 1
+    with Session(business_db) as s, s.begin():  # another consumer group processes it independently
         with inbox.receive(s, message_id="evt-1", consumer="mail") as fresh:
             assert fresh
 
 
-def test_crash_between_inbox_and_business_write_leaves_neither(reservations):
-    inbox = Inbox(reservations)
-    with pytest.raises(RuntimeError), Session(reservations) as s, s.begin():
+@pytest.mark.parametrize("read_first", [False, True], ids=["plain", "after-a-select"])
+def test_crash_between_inbox_and_business_write_leaves_neither(business_db, read_first):
+    """On SQLite before the fix the savepoint's RELEASE committed the inbox row on its own: after the rollback
+    the row stayed, the redelivery got fresh=False and the message was lost."""
+    inbox = Inbox(business_db)
+    with pytest.raises(RuntimeError), Session(business_db) as s, s.begin():
+        if read_first:
+            s.execute(text("SELECT count(*) FROM reservations"))
         with inbox.receive(s, message_id="evt-2", consumer="stock") as fresh:
             assert fresh
             s.execute(text("INSERT INTO reservations (message_id, qty) VALUES ('evt-2', 1)"))
             raise RuntimeError("process crashed mid-transaction")
-    assert count(reservations) == 0
-    assert count(reservations, "SELECT count(*) FROM distkit_inbox") == 0
-    with Session(reservations) as s, s.begin():  # the redelivery is therefore fresh
+    assert count(business_db) == 0
+    assert count(business_db, "SELECT count(*) FROM distkit_inbox") == 0
+    with Session(business_db) as s, s.begin():  # the redelivery is therefore fresh
         with inbox.receive(s, message_id="evt-2", consumer="stock") as fresh:
             assert fresh
+            s.execute(text("INSERT INTO reservations (message_id, qty) VALUES ('evt-2', 1)"))
+    assert count(business_db) == 1
+
+
+def test_inbox_on_a_sqlite_connection_rolls_back_too(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'conn.db'}")
+    inbox = Inbox(engine)
+    with pytest.raises(RuntimeError), engine.connect() as conn, conn.begin():
+        with inbox.receive(conn, message_id="evt-9", consumer="stock") as fresh:
+            assert fresh
+            raise RuntimeError("crash")
+    with engine.connect() as conn, conn.begin():
+        with inbox.receive(conn, message_id="evt-9", consumer="stock") as fresh:
+            assert fresh
+    engine.dispose()
 
 
 def test_hundred_duplicates_from_four_processes_make_one_business_row(reservations, database_url, pg_schema):
