@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._table import Row, best_rates, print_table
-from distkit.idempotency import RedisIdempotencyStore, idempotent
+from distkit.idempotency import LocalCache, RedisIdempotencyStore, idempotent
 
 
 class _RoundTrips:
@@ -60,6 +60,7 @@ def main() -> None:
         return {"order": order_id}
 
     guarded = idempotent(store, key="order_id", ttl_s=600)(raw)
+    cached = idempotent(store, key="order_id", ttl_s=600, local_cache=LocalCache(), scope="cached")(raw)
 
     def naive(order_id: str) -> Any:
         k = f"{{{prefix}}}:naive:{order_id}"
@@ -84,13 +85,16 @@ def main() -> None:
     )
     naive("dup")
     guarded("dup")
+    cached("dup")
     group(
         "duplicate delivery",
         ("naive SET NX + SET", lambda: naive("dup")),
         ("distkit @idempotent", lambda: guarded("dup")),
+        ("distkit + LocalCache", lambda: cached("dup")),
     )
     for k in r.scan_iter(match=f"*{prefix}*", count=1000):
         r.delete(k)
+    store.close()
     print_table("idempotency on Redis (one sync caller, same run; best of 5 interleaved turns)", rows, baseline="naive")
 
 
