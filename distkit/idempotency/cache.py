@@ -7,8 +7,10 @@ and never past the record's own expiry in the store. The cache is per process an
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -19,6 +21,17 @@ class CachedRecord(NamedTuple):
     payload_hash: str
     result: bytes
     expires_at: float  # time.monotonic()
+
+
+_CACHES: weakref.WeakSet[LocalCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_CACHES):
+        cache._lock = threading.Lock()  # a lock held by a parent thread at fork time would never be released
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class LocalCache:
@@ -33,6 +46,7 @@ class LocalCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        _CACHES.add(self)
 
     def get(self, key: str) -> CachedRecord | None:
         now = time.monotonic()

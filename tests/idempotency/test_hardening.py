@@ -36,6 +36,7 @@ from distkit.idempotency import (
     SqlIdempotencyStore,
     idempotent,
 )
+from distkit.idempotency import record as record_module
 from distkit.idempotency.record import payload_hash
 from tests.fakeclock import FakeClock
 
@@ -171,23 +172,39 @@ payload = {
     "amount": 1 if seed % 2 else 1.0,
     "price": 0.5 if seed % 2 else __import__("decimal").Decimal("0.50"),
 }
-from distkit.idempotency.record import payload_hash
-sys.stdout.write(payload_hash(payload))
+# record.py alone (the package __init__ would import redis and cost each child most of its start-up)
+import importlib.util
+spec = importlib.util.spec_from_file_location("distkit_record", sys.argv[1])
+record = sys.modules["distkit_record"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(record)
+sys.stdout.write(record.payload_hash(payload))
 """
 
 
-@pytest.mark.slow
+_RECORD_PY = record_module.__file__
+
+
+def _parent_payload():
+    ns: dict = {}
+    body = _HASH_CHILD.split("# record.py alone", maxsplit=1)[0].replace('int(os.environ["PYTHONHASHSEED"])', "2")
+    exec(body, ns)
+    return ns["payload"]
+
+
 def test_payload_hash_is_the_same_in_eight_processes():
     env = {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _HASH_CHILD], env={**env, "PYTHONHASHSEED": str(seed)}, stdout=subprocess.PIPE
+            [sys.executable, "-c", _HASH_CHILD, _RECORD_PY],
+            env={**env, "PYTHONHASHSEED": str(seed)},
+            stdout=subprocess.PIPE,
         )
         for seed in range(1, 9)
     ]
     hashes = {p.communicate(timeout=60)[0].decode() for p in procs}
     assert all(p.returncode == 0 for p in procs)
     assert len(hashes) == 1 and "" not in hashes  # before the fix: 8 processes, 8 hashes
+    assert hashes == {payload_hash(_parent_payload())}  # and the same as this process's
 
 
 def test_payload_hash_canonical_forms():
@@ -591,3 +608,70 @@ def test_sql_expired_rows_are_deleted_without_calling_purge(pg_engine):
         batched.begin(f"b-{i}", "t", "", 1000, 1000)
     clock.advance(10_000)
     assert batched.release("nobody", "t") is False and rows() == 14 - 5  # one bounded batch per call
+
+
+# --------------------------------------------------------------------------- the asyncio twins
+
+
+@pytest.fixture(params=["redis-async", "sql-in-thread"])
+def async_store(request, namespace):
+    if request.param == "redis-async":
+        return RedisIdempotencyStore(request.getfixturevalue("async_redis_client"), prefix=f"idem-{namespace}")
+    return SqlIdempotencyStore(request.getfixturevalue("pg_engine"))
+
+
+async def test_async_twins_refuse_keys_keep_unstorable_records_and_replay_failures(async_store):
+    runs, add = _runs()
+
+    @idempotent(async_store, key=lambda k: k)
+    async def no_key(k):
+        add(k)
+
+    with pytest.raises(IdempotencyKeyError):
+        await no_key(None)
+
+    @idempotent(async_store, key="k")
+    async def unstorable(k):
+        add(k)
+        return object()
+
+    @idempotent(async_store, key="k", store_exceptions=(CardDeclined,))
+    async def declined(k):
+        add(k)
+        raise CardDeclined("51", "insufficient funds")
+
+    key = uuid.uuid4().hex
+    for _ in range(3):
+        with pytest.raises(IdempotencyUnstorableResultError):
+            await unstorable(key)
+        with pytest.raises(CardDeclined) as err:
+            await declined(key)
+        assert err.value.code == "51" and str(err.value) == "51: insufficient funds"
+    assert runs == [key, key]
+
+
+async def test_async_failing_release_keeps_the_handlers_exception(private_redis):
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(private_redis.url, socket_timeout=1)
+    store = RedisIdempotencyStore(client, prefix="idem")
+
+    @idempotent(store, key="k")
+    async def handle(k):
+        private_redis.stop()
+        raise KeyError("the handler's own failure")
+
+    @idempotent(store, key="k")
+    async def ran(k):
+        private_redis.stop()
+        return 7
+
+    with pytest.raises(KeyError, match="own failure"):
+        await handle("a")
+    private_redis.start()
+    with pytest.raises(IdempotencyStoreError, match="RAN") as err:
+        await ran("b")
+    assert err.value.result == 7
+    with pytest.raises(IdempotencyStoreError, match="did not run"):
+        await ran("c")  # Redis is down before the handler: it does not run
+    await client.aclose()
