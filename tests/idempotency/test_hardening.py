@@ -675,3 +675,31 @@ async def test_async_failing_release_keeps_the_handlers_exception(private_redis)
     with pytest.raises(IdempotencyStoreError, match="did not run"):
         await ran("c")  # Redis is down before the handler: it does not run
     await client.aclose()
+
+
+def test_sql_outage_maps_to_the_store_error_policy(database_url, pg_engine):
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    store = SqlIdempotencyStore(pg_engine)
+    store.engine = create_engine(make_url(database_url).set(port=dead_port), connect_args={"connect_timeout": 2})
+    runs, add = _runs()
+
+    @idempotent(store, key="k")
+    def strict(k):
+        add(k)
+
+    @idempotent(store, key="k", on_store_error="run")
+    def lenient(k):
+        add(k)
+        return "unguarded"
+
+    with pytest.raises(IdempotencyStoreError, match="did not run") as err:
+        strict("a")
+    assert "password" not in str(err.value).lower() or "***" in str(err.value)
+    assert lenient("b") == "unguarded" and runs == ["b"]
+    store.engine.dispose()
