@@ -219,6 +219,7 @@ def test_sixteen_threads_and_sixteen_processes_run_the_handler_exactly_once(
     redis_client.delete(counter)
 
 
+@pytest.mark.slow
 def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
     store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
 ):
@@ -226,7 +227,7 @@ def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
     key = f"order-{uuid.uuid4().hex}"
     url = redis_url if store_kind.startswith("redis") else database_url
     schema = namespace if store_kind.startswith("redis") else pg_schema
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # fast start: the children build their own clients
     victim = ctx.Process(
         target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 60, 6.0, None, str(tmp_path / "victim"))
     )

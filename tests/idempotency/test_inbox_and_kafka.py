@@ -89,7 +89,7 @@ def test_inbox_on_a_sqlite_connection_rolls_back_too(tmp_path):
 
 def test_hundred_duplicates_from_four_processes_make_one_business_row(reservations, database_url, pg_schema):
     Inbox(reservations)  # create the table before the race
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # fast start: the children build their own engines
     start = ctx.Barrier(5)  # 4 children + this test
     procs = [ctx.Process(target=inbox_deliver, args=(database_url, pg_schema, "evt-3", 25, start)) for _ in range(4)]
     for p in procs:
