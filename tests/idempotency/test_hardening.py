@@ -242,9 +242,9 @@ def test_old_scheme_hashes_are_not_compared(store):
 
 
 def test_reclaim_gives_the_record_a_full_life_again(store):
-    """ttl 1.1 s, in-progress 1.0 s: a dead owner, one reclaimer still running after the record's first expiry,
+    """ttl 1.6 s, in-progress 1.5 s: a dead owner, one reclaimer still running after the record's first expiry,
     and a third delivery then. Redis: 2 runs. SQL before the fix: 3 (the row expired under the reclaimer)."""
-    ip_ms, ttl_ms = 1000, 1100
+    ip_ms, ttl_ms = 1500, 1600
     key = uuid.uuid4().hex
     assert store.begin(f"reclaim:{key}", "dead-owner", "", ip_ms, ttl_ms).must_run  # run 1: SIGKILLed after this
     claimed_at = time.monotonic()
@@ -274,7 +274,7 @@ def test_reclaim_gives_the_record_a_full_life_again(store):
     time.sleep(max(0.0, claimed_at + ip_ms / 1000 - time.monotonic()))
     t = threading.Thread(target=reclaimer)
     t.start()
-    assert holding.wait(30)  # run 2 is going; the original record's ttl (1.1 s from the claim) now runs out
+    assert holding.wait(30)  # run 2 is going; the original record's ttl (1.6 s from the claim) now runs out
     reclaimed_at = time.monotonic()
     time.sleep(max(0.0, claimed_at + ttl_ms / 1000 + 0.15 - time.monotonic()))
     assert time.monotonic() - reclaimed_at < ip_ms / 1000  # still inside the reclaimer's in-progress window
