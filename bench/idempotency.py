@@ -74,7 +74,7 @@ def main() -> None:
 
     def group(work: str, *impls: tuple[str, Callable[[], object]]) -> None:
         per = {name: trips.per_op(fn) for name, fn in impls}
-        for name, ops in best_rates(impls).items():
+        for name, ops in best_rates(impls, rounds=10, seconds=3.0).items():
             rows.append(Row(work, name, ops, "ops/s", f"{per[name]:.1f} round trips/op"))
 
     group(
@@ -95,7 +95,7 @@ def main() -> None:
     for k in r.scan_iter(match=f"*{prefix}*", count=1000):
         r.delete(k)
     store.close()
-    print_table("idempotency on Redis (one sync caller, same run; best of 5 interleaved turns)", rows, baseline="naive")
+    print_table("idempotency on Redis (one sync caller, same run; best of 10 interleaved turns)", rows, baseline="naive")
 
 
 if __name__ == "__main__":

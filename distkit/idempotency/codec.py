@@ -201,7 +201,7 @@ class TaggedJsonCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return _from_json(json.loads(data))
+            return _from_json(json.loads(data.decode("utf-8") if data.__class__ is bytes else data))
         except CodecError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError, ImportError, IndexError) as exc:

@@ -11,8 +11,8 @@ import enum
 import functools
 import inspect
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, cast
 
@@ -26,7 +26,7 @@ from distkit.errors import (
     IdempotencyUnstorableResultError,
     InvalidArgumentError,
 )
-from distkit.idempotency.cache import LocalCache
+from distkit.idempotency.cache import CachedRecord, LocalCache
 from distkit.idempotency.codec import ResultCodec, TaggedJsonCodec, resolve_type, type_name
 from distkit.idempotency.record import (
     BeginResult,
@@ -101,15 +101,25 @@ def key_resolver(fn: Callable[..., Any], spec: KeySpec) -> Callable[[tuple[Any, 
     sig = inspect.signature(fn)
     parts = spec.split(".")
     source = f"key path {spec!r}"
+    head, tail = parts[0], parts[1:]
+    positional = [
+        p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    index = positional.index(head) if head in positional else -1  # the fast path: no Signature.bind per call
 
     def resolve(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-        bound = sig.bind(*args, **kwargs).arguments
-        if parts[0] in bound:
-            obj, rest = bound[parts[0]], parts[1:]
-        elif len(bound) >= 1:
-            obj, rest = next(iter(bound.values())), parts
+        if 0 <= index < len(args):
+            obj, rest = args[index], tail
+        elif index >= 0 and head in kwargs:
+            obj, rest = kwargs[head], tail
         else:
-            raise IdempotencyKeyError(f"key path {spec!r}: {fn.__qualname__} has no argument to read it from")
+            bound = sig.bind(*args, **kwargs).arguments
+            if head in bound:
+                obj, rest = bound[head], tail
+            elif len(bound) >= 1:
+                obj, rest = next(iter(bound.values())), parts
+            else:
+                raise IdempotencyKeyError(f"key path {spec!r}: {fn.__qualname__} has no argument to read it from")
         try:
             for part in rest:
                 obj = _lookup(obj, part)
@@ -177,7 +187,7 @@ class _Guard:
         if self.check_key is not None:
             self.check_key(key)  # e.g. too long for the SQL column: refused before anything runs
         digest = payload_hash(self.payload(*args, **kwargs)) if self.payload is not None else ""
-        return key, digest, uuid.uuid4().hex
+        return key, digest, os.urandom(16).hex()  # the owner token: 128 random bits, like a uuid4
 
     def cached(self, key: str, digest: str) -> tuple[bool, Any]:
         """(True, value) when the local cache answers a duplicate; raises a stored failure."""
@@ -188,8 +198,7 @@ class _Guard:
             return False, None
         check_payload(key, rec.payload_hash, digest)
         stored = StoredOutcome.from_envelope(self.codec.decode(rec.result))
-        left = int((rec.expires_at - time.monotonic()) * 1000)
-        return True, self.replay(key, stored, IdempotencyRecord(key, rec.payload_hash, left, True))
+        return True, self.replay(key, stored, rec)
 
     # ------------------------------------------------------------------ the store's answer
 
@@ -208,15 +217,20 @@ class _Guard:
             stored = StoredOutcome.from_envelope(self.codec.decode(res.result))
             if self.cache is not None:
                 self.cache.put(key, res.payload_hash, res.result, res.ttl_left_ms)
-            return _Step.RETURN, (stored, IdempotencyRecord(key, res.payload_hash, res.ttl_left_ms, False))
+            return _Step.RETURN, (stored, res)
         if time.monotonic() < deadline:
             return _Step.WAIT, None
         raise in_progress_error(key, res, self.in_progress_ttl_ms)
 
-    def replay(self, key: str, stored: StoredOutcome, record: IdempotencyRecord) -> Any:
+    def replay(self, key: str, stored: StoredOutcome, source: BeginResult | CachedRecord) -> Any:
         """The stored result (through ``response_hook``), or the stored failure raised again."""
         if stored.ok:
             if self.response_hook is not None:
+                if isinstance(source, BeginResult):
+                    record = IdempotencyRecord(key, source.payload_hash, source.ttl_left_ms, False)
+                else:
+                    left = int((source.expires_at - time.monotonic()) * 1000)
+                    record = IdempotencyRecord(key, source.payload_hash, left, True)
                 return self.response_hook(stored.value, record)
             return stored.value
         if stored.unstorable:
