@@ -356,3 +356,47 @@ async def test_async_handlers_work_the_same(async_redis_client, namespace):
     outs = await asyncio.gather(*[handle(key) for _ in range(1)])
     outs += [await handle(key), await handle(key)]
     assert calls == [key] and outs[0] == outs[1] == outs[2]
+
+
+def _inherited_delivery(handle, key, start, out):  # runs in a forked child, with the parent's store object
+    start.wait(30)
+    try:
+        outcome = "result" if handle(key) == {"order": key} else "wrong"
+    except IdempotencyInProgressError:
+        outcome = "in_progress"
+    with open(out, "w") as f:
+        f.write(outcome)
+
+
+def test_a_store_used_before_fork_is_safe_in_the_children(store, redis_client, namespace, tmp_path):
+    """The parent's store (its pooled connections or direct lane already used) goes into 6 forked children that race
+    the parent: exactly one run, no crossed replies."""
+    counter = f"{{{namespace}}}:fork-runs"
+
+    @idempotent(store, key="order_id", scope="fork")
+    def handle(order_id: str) -> dict:
+        redis_client.incr(counter)
+        time.sleep(0.2)
+        return {"order": order_id}
+
+    assert handle("warm-up") == {"order": "warm-up"}  # connections now pooled in the parent
+    key = uuid.uuid4().hex
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(7)
+    procs = [
+        ctx.Process(target=_inherited_delivery, args=(handle, key, start, str(tmp_path / f"f{i}"))) for i in range(6)
+    ]
+    for p in procs:
+        p.start()
+    start.wait(30)
+    try:
+        mine = "result" if handle(key) == {"order": key} else "wrong"
+    except IdempotencyInProgressError:
+        mine = "in_progress"
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    outcomes = [mine] + [(tmp_path / f"f{i}").read_text() for i in range(6)]
+    assert set(outcomes) <= {"result", "in_progress"} and "result" in outcomes
+    assert int(redis_client.get(counter)) == 2  # the warm-up and exactly one of the 7 racers
+    assert handle(key) == {"order": key}  # and the parent's store still works after its children

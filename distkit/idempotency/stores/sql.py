@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,6 +79,21 @@ def _is_outage(exc: BaseException) -> bool:
     return isinstance(exc, OSError)
 
 
+_STORES: weakref.WeakSet[SqlIdempotencyStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not use the parent's pooled connections (SQLAlchemy's advice: ``dispose(close=False)``)."""
+    for store in list(_STORES):
+        if store._lock is not None:
+            store._lock = threading.Lock()
+        if not isinstance(store.engine.pool, StaticPool):  # (one in-memory database: nothing to reconnect to)
+            store.engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SqlIdempotencyStore:
     """Records in ``table`` (created on first use).
 
@@ -85,6 +102,8 @@ class SqlIdempotencyStore:
     * Expired rows are deleted automatically: at most every ``purge_interval_s`` seconds (``None``: never), a
       ``complete`` or ``release`` also deletes up to ``purge_batch`` expired rows.
     * An unreachable database raises :class:`~distkit.errors.IdempotencyStoreError`.
+    * Fork-safe: a forked child drops the parent's pooled connections (``engine.dispose(close=False)``) and opens
+      its own.
     * ``create_engine("sqlite://")`` (an in-memory database, which SQLAlchemy makes per thread) is replaced by
       one in-memory database on one shared connection, so every thread and ``async def`` handler sees the
       same records; ``store.engine`` is then that engine.
@@ -115,6 +134,7 @@ class SqlIdempotencyStore:
         self.purge_batch = purge_batch
         self._next_purge = 0.0
         create_table(engine, self.table)
+        _STORES.add(self)
 
     # ------------------------------------------------------------------ plumbing
 
