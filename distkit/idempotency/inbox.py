@@ -48,8 +48,11 @@ def _begin_pysqlite(session: Any) -> None:
     if conn.dialect.name != "sqlite" or conn.dialect.driver != "pysqlite":
         return
     dbapi = conn.connection.dbapi_connection
-    if dbapi is not None and dbapi.isolation_level is not None and not dbapi.in_transaction:
-        conn.exec_driver_sql("BEGIN")
+    if dbapi is None or dbapi.in_transaction or dbapi.isolation_level is None:
+        return  # already in a transaction, or autocommit / SQLAlchemy's recipe (which begins every transaction)
+    if getattr(dbapi, "autocommit", -1) != -1:
+        return  # Python 3.12+ autocommit=True/False manages transactions itself (-1: the legacy behaviour)
+    conn.exec_driver_sql("BEGIN")
 
 
 class Inbox:
