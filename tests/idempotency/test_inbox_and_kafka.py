@@ -141,3 +141,30 @@ def test_kafka_event_delivered_three_times_writes_one_row(kafka_bootstrap, new_t
         consumer.close()
     assert results == [{"reserved": 2}] * 3
     assert count(reservations) == 1
+
+
+def test_inbox_on_sqlite_with_sqlalchemys_own_recipe(tmp_path):
+    """An application that already applies SQLAlchemy's pysqlite recipe (isolation_level=None + BEGIN on begin)
+    gets the same all-or-nothing behaviour; receive issues no second BEGIN."""
+    from sqlalchemy import event
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'recipe.db'}")
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE reservations (id integer primary key, message_id text, qty int)"))
+    inbox = Inbox(engine)
+    with pytest.raises(RuntimeError), Session(engine) as s, s.begin():
+        with inbox.receive(s, message_id="evt-r", consumer="stock") as fresh:
+            assert fresh
+            s.execute(text("INSERT INTO reservations (message_id, qty) VALUES ('evt-r', 1)"))
+            raise RuntimeError("crash")
+    assert count(engine) == 0 and count(engine, "SELECT count(*) FROM distkit_inbox") == 0
+    engine.dispose()
