@@ -95,7 +95,8 @@ def main() -> None:
     for k in r.scan_iter(match=f"*{prefix}*", count=1000):
         r.delete(k)
     store.close()
-    print_table("idempotency on Redis (one sync caller, same run; best of 10 interleaved turns)", rows, baseline="naive")
+    title = "idempotency on Redis (one sync caller, same run; best of 10 interleaved turns)"
+    print_table(title, rows, baseline="naive")
 
 
 if __name__ == "__main__":

@@ -703,3 +703,52 @@ def test_sql_outage_maps_to_the_store_error_policy(database_url, pg_engine):
     assert "password" not in str(err.value).lower() or "***" in str(err.value)
     assert lenient("b") == "unguarded" and runs == ["b"]
     store.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        redis.exceptions.ReadOnlyError("READONLY You can't write against a read only replica."),
+        redis.ResponseError("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT."),
+        redis.exceptions.TryAgainError("TRYAGAIN Multiple keys request during rehashing of slot"),
+    ],
+    ids=["readonly-replica", "busy-script", "tryagain"],
+)
+def test_redis_replies_that_mean_unavailable_follow_the_outage_policy(redis_client, namespace, reply):
+    """A failover (READONLY), a stuck script (BUSY) or a resharding slot is an outage for the policy; a wrong
+    request (WRONGTYPE) is raised as itself and never runs the handler unguarded."""
+    store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
+
+    def failing(*a, **kw):
+        raise reply
+
+    store._run = failing
+    runs, add = _runs()
+
+    @idempotent(store, key="k", on_store_error="run")
+    def lenient(k):
+        add(k)
+        return 1
+
+    @idempotent(store, key="k")
+    def strict(k):
+        add(k)
+
+    assert lenient("a") == 1
+    with pytest.raises(IdempotencyStoreError, match="did not run"):
+        strict("b")
+    assert runs == ["a"]
+
+
+def test_a_wrong_request_is_not_an_outage(redis_client, namespace):
+    store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
+    runs, add = _runs()
+
+    @idempotent(store, key="k", on_store_error="run", scope="wrongtype")
+    def lenient(k):
+        add(k)
+
+    redis_client.set(store.record_key("wrongtype:a"), "not a hash")  # someone else's string at our key
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        lenient("a")
+    assert runs == []  # before the fix: treated as an outage and run unguarded

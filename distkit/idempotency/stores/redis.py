@@ -26,6 +26,21 @@ OUTAGES: tuple[type[BaseException], ...] = (
 )
 
 
+#: Error replies that mean "this server cannot serve writes right now" (failover, a script stuck, a resharding
+#: cluster), not "this request is wrong": they follow the outage policy too.
+TRANSIENT_REPLIES: tuple[type[BaseException], ...] = (
+    redis_mod.exceptions.ReadOnlyError,
+    redis_mod.exceptions.ClusterDownError,
+    redis_mod.exceptions.TryAgainError,
+)
+
+
+def _is_transient_reply(exc: BaseException) -> bool:
+    return isinstance(exc, TRANSIENT_REPLIES) or (
+        isinstance(exc, redis_mod.ResponseError) and str(exc).startswith(("BUSY", "LOADING", "MASTERDOWN"))
+    )
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -99,6 +114,10 @@ class RedisIdempotencyStore:
             raise
         except OUTAGES as exc:
             raise IdempotencyStoreError(f"Redis idempotency store unreachable during {what}: {exc}") from exc
+        except redis_mod.ResponseError as exc:
+            if _is_transient_reply(exc):
+                raise IdempotencyStoreError(f"Redis cannot serve the idempotency {what} now: {exc}") from exc
+            raise
 
     async def _acall(self, what: str, script: Script, k: str, args: list[Any]) -> Any:
         try:
@@ -107,6 +126,10 @@ class RedisIdempotencyStore:
             raise
         except OUTAGES as exc:
             raise IdempotencyStoreError(f"Redis idempotency store unreachable during {what}: {exc}") from exc
+        except redis_mod.ResponseError as exc:
+            if _is_transient_reply(exc):
+                raise IdempotencyStoreError(f"Redis cannot serve the idempotency {what} now: {exc}") from exc
+            raise
 
     def begin(self, key: str, token: str, payload_hash: str, in_progress_ttl_ms: int, ttl_ms: int) -> BeginResult:
         args: list[Any] = [token, payload_hash, in_progress_ttl_ms, max(ttl_ms, in_progress_ttl_ms)]
