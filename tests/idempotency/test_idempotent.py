@@ -23,6 +23,7 @@ from distkit.errors import (
 )
 from distkit.idempotency import RedisIdempotencyStore, idempotent
 from tests.idempotency._workers import deliver
+from tests.idempotency.conftest import SERVER_STORES
 
 RESULTS = [
     0,
@@ -162,6 +163,7 @@ def test_records_expire_after_ttl(store, store_kind, request):
         assert row.state == "C"
 
 
+@pytest.mark.parametrize("store_kind", SERVER_STORES)
 def test_sixteen_threads_and_sixteen_processes_run_the_handler_exactly_once(
     store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
 ):
@@ -220,6 +222,7 @@ def test_sixteen_threads_and_sixteen_processes_run_the_handler_exactly_once(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("store_kind", SERVER_STORES)
 def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
     store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
 ):
@@ -368,6 +371,7 @@ def _inherited_delivery(handle, key, start, out):  # runs in a forked child, wit
         f.write(outcome)
 
 
+@pytest.mark.parametrize("store_kind", SERVER_STORES)
 def test_a_store_used_before_fork_is_safe_in_the_children(store, redis_client, namespace, tmp_path):
     """The parent's store (its pooled connections or direct lane already used) goes into 6 forked children that race
     the parent: exactly one run, no crossed replies."""
