@@ -140,11 +140,37 @@ class IdempotencyClaimLostError(IdempotencyError):
 
 
 class IdempotencyStoreError(IdempotencyError, BackendUnavailableError):
-    """The idempotency store could not be read or written."""
+    """The idempotency store could not be read or written. ``result`` holds the handler's value when the
+    handler had already run (the store failed while saving its result)."""
+
+
+class IdempotencyKeyError(IdempotencyError, InvalidArgumentError):
+    """The idempotency key is missing, empty, or one the store cannot hold (too long, NUL character)."""
+
+
+class IdempotencyStoredFailureError(IdempotencyError):
+    """A failure stored by ``store_exceptions`` that cannot be rebuilt as its own type on replay.
+
+    Carries the original: ``error_type`` (``module:qualname``), ``error_message`` and ``error_args``."""
+
+    def __init__(
+        self, message: str, *, error_type: str = "", error_message: str = "", error_args: tuple[Any, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.error_args = error_args
 
 
 class CodecError(DistkitError, ValueError):
     """A value cannot be encoded or decoded by the codec (never silently pickled)."""
+
+
+class IdempotencyUnstorableResultError(IdempotencyError, CodecError):
+    """The handler ran once but its result could not be encoded, so a duplicate cannot get it back.
+
+    The first caller gets it with ``result`` (the value the handler returned); duplicates get it without
+    running the handler again. Return a type the codec supports, or pass another codec."""
 
 
 # --------------------------------------------------------------------------- messaging

@@ -9,12 +9,14 @@ See docs/idempotency.md: which guard when (SET NX vs unique index vs inbox), and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import warnings
+from typing import TYPE_CHECKING, Any
 
 from distkit._lazy import lazy_getattr
-from distkit.idempotency.codec import JsonCodec, ResultCodec
+from distkit.idempotency.cache import LocalCache
+from distkit.idempotency.codec import ResultCodec, TaggedJsonCodec
 from distkit.idempotency.decorator import idempotent
-from distkit.idempotency.record import BeginResult, Outcome
+from distkit.idempotency.record import BeginResult, IdempotencyRecord, Outcome
 from distkit.idempotency.stores.base import IdempotencyStore
 
 if TYPE_CHECKING:
@@ -24,13 +26,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BeginResult",
+    "IdempotencyRecord",
     "IdempotencyStore",
     "Inbox",
-    "JsonCodec",
+    "LocalCache",
     "Outcome",
     "RedisIdempotencyStore",
     "ResultCodec",
     "SqlIdempotencyStore",
+    "TaggedJsonCodec",
     "idempotent",
 ]
 
@@ -39,4 +43,16 @@ _LAZY = {
     "RedisIdempotencyStore": "distkit.idempotency.stores.redis",
     "SqlIdempotencyStore": "distkit.idempotency.stores.sql",
 }
-__getattr__ = lazy_getattr(__name__, _LAZY)
+_lazy = lazy_getattr(__name__, _LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "JsonCodec":  # the old name, easy to confuse with distkit.messaging.JsonCodec
+        warnings.warn(
+            "distkit.idempotency.JsonCodec is deprecated: use distkit.idempotency.TaggedJsonCodec (the same codec; "
+            "the old name was easy to confuse with distkit.messaging.JsonCodec, which decodes UUIDs as strings)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return TaggedJsonCodec
+    return _lazy(name)

@@ -10,6 +10,12 @@ The inbox row is inserted inside a SAVEPOINT of the caller's transaction: a dupl
 ``(consumer, message_id)`` already exists, or a concurrent delivery holds it) yields ``fresh=False`` without
 breaking the transaction; the row commits or rolls back with the business change, so a crash between the
 two leaves neither.
+
+SQLite (pysqlite): the driver does not start a transaction before a ``SAVEPOINT``, so the savepoint's
+``RELEASE`` would commit the inbox row on its own and a later rollback would keep it (the message is then lost).
+``receive`` therefore starts the transaction explicitly (``BEGIN``) when the driver has not, the same thing
+SQLAlchemy's pysqlite recipe does for every transaction; the row then commits or rolls back with the business
+change as on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -36,6 +42,19 @@ def inbox_table(name: str) -> Table:
     )
 
 
+def _begin_pysqlite(session: Any) -> None:
+    """Make sure a pysqlite connection is inside a real transaction before the SAVEPOINT (see the module doc)."""
+    conn = session.connection() if hasattr(session, "get_bind") else session
+    if conn.dialect.name != "sqlite" or conn.dialect.driver != "pysqlite":
+        return
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is None or dbapi.in_transaction or dbapi.isolation_level is None:
+        return  # already in a transaction, or autocommit / SQLAlchemy's recipe (which begins every transaction)
+    if getattr(dbapi, "autocommit", -1) != -1:
+        return  # Python 3.12+ autocommit=True/False manages transactions itself (-1: the legacy behaviour)
+    conn.exec_driver_sql("BEGIN")
+
+
 class Inbox:
     """Exactly-once *effects* for a consumer whose state lives in the same SQL database."""
 
@@ -51,6 +70,7 @@ class Inbox:
         ``session`` is an ORM ``Session`` or a ``Connection`` inside the caller's transaction."""
         if not message_id or not consumer:
             raise InvalidArgumentError("inbox.receive needs a message_id and a consumer name")
+        _begin_pysqlite(session)
         try:
             with session.begin_nested():
                 session.execute(

@@ -21,24 +21,9 @@ from distkit.errors import (
     IdempotencyKeyMismatchError,
     IdempotencyStoreError,
 )
-from distkit.idempotency import RedisIdempotencyStore, SqlIdempotencyStore, idempotent
+from distkit.idempotency import RedisIdempotencyStore, idempotent
 from tests.idempotency._workers import deliver
-
-
-@pytest.fixture(params=["redis", "redis-client-path", "sql"])
-def store_kind(request):
-    """ "redis" runs the scripts over the direct lane, "redis-client-path" through redis-py (``direct=False``)."""
-    return request.param
-
-
-@pytest.fixture
-def store(store_kind, request, namespace):
-    if store_kind.startswith("redis"):
-        return RedisIdempotencyStore(
-            request.getfixturevalue("redis_client"), prefix=f"idem-{namespace}", direct=store_kind == "redis"
-        )
-    return SqlIdempotencyStore(request.getfixturevalue("pg_engine"))
-
+from tests.idempotency.conftest import SERVER_STORES
 
 RESULTS = [
     0,
@@ -178,23 +163,26 @@ def test_records_expire_after_ttl(store, store_kind, request):
         assert row.state == "C"
 
 
-def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
+@pytest.mark.parametrize("store_kind", SERVER_STORES)
+def test_sixteen_threads_and_sixteen_processes_run_the_handler_exactly_once(
     store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
 ):
+    """16 threads of this process and 16 forked processes (each with its own client or engine) deliver the same
+    message at once: exactly one run."""
     counter = f"{{{namespace}}}:runs"
     key = f"order-{uuid.uuid4().hex}"
     url = redis_url if store_kind.startswith("redis") else database_url
     schema = namespace if store_kind.startswith("redis") else pg_schema
     if store_kind.startswith("redis"):
         store = RedisIdempotencyStore(redis_client, prefix=f"idem-{namespace}")
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(5)  # 4 children + this test
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(17)  # 16 children + this test
     procs = [
         ctx.Process(
             target=deliver,
             args=(store_kind, url, schema, redis_url, counter, key, 0.3, 60, start, str(tmp_path / f"p{i}")),
         )
-        for i in range(4)
+        for i in range(16)
     ]
     for p in procs:
         p.start()
@@ -216,23 +204,25 @@ def test_twenty_threads_and_four_processes_run_the_handler_exactly_once(
         except IdempotencyInProgressError:
             outcomes.append("in_progress")
 
-    threads = [threading.Thread(target=thread_delivery) for _ in range(20)]
+    threads = [threading.Thread(target=thread_delivery) for _ in range(16)]
     for t in threads:
         t.start()
-    start.wait(60)  # the 4 children are ready: everyone delivers at once
+    start.wait(60)  # the 16 children are ready: everyone delivers at once
     go.set()
     for t in threads:
         t.join(30)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    outcomes += [(tmp_path / f"p{i}").read_text() for i in range(4)]
-    assert int(redis_client.get(counter)) == 1  # exactly one run among 24 concurrent deliveries
-    assert len(outcomes) == 24 and set(outcomes) <= {"result", "in_progress"}
+    outcomes += [(tmp_path / f"p{i}").read_text() for i in range(16)]
+    assert int(redis_client.get(counter)) == 1  # exactly one run among 32 concurrent deliveries
+    assert len(outcomes) == 32 and set(outcomes) <= {"result", "in_progress"}
     assert outcomes.count("result") >= 1
     redis_client.delete(counter)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("store_kind", SERVER_STORES)
 def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
     store_kind, store, redis_url, redis_client, database_url, pg_schema, namespace, tmp_path
 ):
@@ -240,7 +230,7 @@ def test_sigkilled_owner_blocks_until_in_progress_ttl_then_exactly_one_reclaims(
     key = f"order-{uuid.uuid4().hex}"
     url = redis_url if store_kind.startswith("redis") else database_url
     schema = namespace if store_kind.startswith("redis") else pg_schema
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("fork")  # fast start: the children build their own clients
     victim = ctx.Process(
         target=deliver, args=(store_kind, url, schema, redis_url, counter, key, 60, 6.0, None, str(tmp_path / "victim"))
     )
@@ -369,3 +359,48 @@ async def test_async_handlers_work_the_same(async_redis_client, namespace):
     outs = await asyncio.gather(*[handle(key) for _ in range(1)])
     outs += [await handle(key), await handle(key)]
     assert calls == [key] and outs[0] == outs[1] == outs[2]
+
+
+def _inherited_delivery(handle, key, start, out):  # runs in a forked child, with the parent's store object
+    start.wait(30)
+    try:
+        outcome = "result" if handle(key) == {"order": key} else "wrong"
+    except IdempotencyInProgressError:
+        outcome = "in_progress"
+    with open(out, "w") as f:
+        f.write(outcome)
+
+
+@pytest.mark.parametrize("store_kind", SERVER_STORES)
+def test_a_store_used_before_fork_is_safe_in_the_children(store, redis_client, namespace, tmp_path):
+    """The parent's store (its pooled connections or direct lane already used) goes into 6 forked children that race
+    the parent: exactly one run, no crossed replies."""
+    counter = f"{{{namespace}}}:fork-runs"
+
+    @idempotent(store, key="order_id", scope="fork")
+    def handle(order_id: str) -> dict:
+        redis_client.incr(counter)
+        time.sleep(0.2)
+        return {"order": order_id}
+
+    assert handle("warm-up") == {"order": "warm-up"}  # connections now pooled in the parent
+    key = uuid.uuid4().hex
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(7)
+    procs = [
+        ctx.Process(target=_inherited_delivery, args=(handle, key, start, str(tmp_path / f"f{i}"))) for i in range(6)
+    ]
+    for p in procs:
+        p.start()
+    start.wait(30)
+    try:
+        mine = "result" if handle(key) == {"order": key} else "wrong"
+    except IdempotencyInProgressError:
+        mine = "in_progress"
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    outcomes = [mine] + [(tmp_path / f"f{i}").read_text() for i in range(6)]
+    assert set(outcomes) <= {"result", "in_progress"} and "result" in outcomes
+    assert int(redis_client.get(counter)) == 2  # the warm-up and exactly one of the 7 racers
+    assert handle(key) == {"order": key}  # and the parent's store still works after its children
