@@ -204,7 +204,6 @@ def test_fail_open_token_bucket_decisions_are_bounded_then_fast(down_port):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=NOT_ON_RUNNER)
 def test_idempotent_call_is_bounded(down_port):
     from distkit.idempotency import RedisIdempotencyStore, idempotent
 
