@@ -42,6 +42,7 @@ class Call:
     script: Script
     keys: Sequence[str | bytes]
     args: Sequence[str | bytes | int]
+    deadline: float | None = None  # time.monotonic() by which the call returns or raises (None: the default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Command:
     """Run one plain (read-only) Redis command; the flow receives its reply."""
 
     args: tuple[str | bytes | int, ...]
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class Subscribe:
 
     channel: str
     holder: str
+    deadline: float | None = None  # stop waiting for the subscription's confirmation by then
 
 
 @dataclass(frozen=True, slots=True)

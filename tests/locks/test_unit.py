@@ -86,8 +86,7 @@ def test_not_held_otherwise_is_a_lost_lock(count: int, valid_for: float, lost: b
     table.add(hold)
     with pytest.raises(LockLostError, match="no longer held"):
         flows.settle_release(table, hold, NOT_HELD, time.monotonic())
-    assert hold.count == count - 1 and hold.lost
-    assert (len(table) == 0) == (count == 1)
+    assert hold.count == 0 and len(table) == 0, "a lost hold is dropped with every reentrant level"
 
 
 def test_count_mismatch_is_reported() -> None:
@@ -124,7 +123,7 @@ def _scripted(replies: list[Any], fail_on: type, error: BaseException) -> tuple[
 
 def test_interrupted_wait_leaves_the_queue_and_unsubscribes() -> None:
     seen, execute = _scripted([[0, 500], [0, 500]], Wait, KeyboardInterrupt())
-    flow = flows.acquire(_ctx(), FAIR, "me", None, blocking=True, timeout=None, lease_ms=None)
+    flow = flows.acquire(_ctx(), FAIR, "me", lambda: True, None, blocking=True, timeout=None, lease_ms=None)
     with pytest.raises(KeyboardInterrupt):
         drive(flow, execute)
     kinds = [type(op).__name__ if not isinstance(op, Call) else op.script.name for op in seen]
@@ -137,7 +136,7 @@ async def test_cancelled_attempt_in_flight_is_undone() -> None:
     async def aexecute(op: Any) -> Any:
         return execute(op)
 
-    flow = flows.acquire(_ctx(), FAIR, "me", None, blocking=True, timeout=None, lease_ms=None)
+    flow = flows.acquire(_ctx(), FAIR, "me", lambda: True, None, blocking=True, timeout=None, lease_ms=None)
     with pytest.raises(asyncio.CancelledError):
         await adrive(flow, aexecute)
     undo = [op for op in seen if isinstance(op, Call) and op.script is LOCK_RELEASE]
@@ -158,7 +157,7 @@ def test_cancelled_right_after_the_grant_gives_the_lock_back() -> None:
             raise asyncio.CancelledError
         return replies.pop(0) if op.script is LOCK_ACQUIRE else FREED
 
-    flow = flows.acquire(ctx, SPEC, "me", None, blocking=True, timeout=None, lease_ms=None)
+    flow = flows.acquire(ctx, SPEC, "me", lambda: True, None, blocking=True, timeout=None, lease_ms=None)
     with pytest.raises(asyncio.CancelledError):
         drive(flow, execute)
     give_back = seen[-1]
@@ -233,7 +232,8 @@ def test_planner_drops_dead_owners_and_renews_the_living() -> None:
     dead.holder, leased.holder = "dead", "leased"
     for h in (living, dead, leased):
         table.add(h)
-    batch, _ = RenewalPlanner(table, 3_000).due(time.monotonic())
+    batch, _, lost = RenewalPlanner(table, 3_000).due(time.monotonic())
+    assert lost == []
     assert [h for h, _ in batch[next(iter(batch))]] == [living]
     assert table.snapshot() == [living, leased], "a dead owner's hold is dropped, not renewed"
 
