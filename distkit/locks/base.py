@@ -23,7 +23,7 @@ from distkit.errors import InvalidArgumentError, LockConfigConflictError, LockNo
 from distkit.locks import flows
 from distkit.locks.flows import Context, lease_of
 from distkit.locks.holds import Hold, HoldTable
-from distkit.locks.ops import Call, Command, Flow, Op, Subscribe, Unsubscribe, Wait
+from distkit.locks.ops import Call, Command, Flow, Op, Sleep, Subscribe, Unsubscribe, Wait
 from distkit.locks.specs import FREED, PARTIAL, ExclusiveSpec, SharedSpec, Spec
 
 L = TypeVar("L", bound="LockView")
@@ -201,6 +201,7 @@ class LocksBase(Generic[L, S]):
             Command: lambda op: runner.command(*op.args, deadline=op.deadline),
             Subscribe: lambda op: hub.subscribe(op.channel, op.holder, op.deadline),
             Wait: lambda op: hub.wait(op.waiter, op.seconds),
+            Sleep: lambda op: hub.sleep(op.seconds),
             Unsubscribe: lambda op: hub.unsubscribe(op.waiter),
         }
 

@@ -19,7 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from distkit.errors import (
+    BackendUnavailableError,
     InvalidArgumentError,
     LockConfigConflictError,
     LockError,
@@ -29,7 +33,7 @@ from distkit.errors import (
     LockUpgradeError,
 )
 from distkit.locks.holds import Hold, HoldTable
-from distkit.locks.ops import Call, Flow, Subscribe, Unsubscribe, Wait, Waiter
+from distkit.locks.ops import Call, Flow, Sleep, Subscribe, Unsubscribe, Wait, Waiter
 from distkit.locks.specs import (
     ALREADY_DONE,
     BUSY,
@@ -49,6 +53,8 @@ from distkit.locks.specs import (
 MIN_CALL_S = 0.2  # the shortest deadline one attempt gets (acquire(timeout=0) still makes one real attempt)
 CLEANUP_S = 0.1  # how far past the acquire's deadline its cleanup (undo, leave the queue) may run
 MAX_LEASE_MS = 10**12  # ~31 years: Redis refuses expiries that overflow, and nobody means more
+# what an outage looks like (the Runner raises BackendUnavailableError; its stub still raises redis-py's own)
+OUTAGES = (BackendUnavailableError, RedisConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +165,28 @@ def acquire(
     deadline = None if timeout is None else start + timeout
     waiter: Waiter | None = None
     in_flight = acquired = False
+    failing_since: float | None = None
+    backoff = 0.02
     try:
         while True:
             if waiter is not None:
                 waiter.signal.clear()
             in_flight, sent = True, time.monotonic()
             call_deadline = sent + ctx.call_timeout_s if deadline is None else max(deadline, sent + MIN_CALL_S)
-            reply = yield spec.acquire_call(holder, expected, lease, blocking, call_deadline, units)
-            in_flight = False
+            try:
+                reply = yield spec.acquire_call(holder, expected, lease, blocking, call_deadline, units)
+            except OUTAGES:
+                # A blocked acquire rides out a short outage (a restart, a failover) until its deadline, or for
+                # call_timeout_s without one; retrying is safe: the script recognises an attempt that already ran.
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                give_up = failing_since + ctx.call_timeout_s if deadline is None else deadline
+                if not blocking or now + backoff >= give_up or ctx.closed():
+                    raise
+                yield Sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+                continue
+            in_flight, failing_since, backoff = False, None, 0.02
             if isinstance(reply, bytes | str):  # the fencing token: acquired
                 acquired = True
                 if ctx.closed():
@@ -317,6 +337,7 @@ def release(
         hold.release_started = time.monotonic()
     hold.releasing = True
     believed = hold.units if units else None
+    sent = time.monotonic()
     try:
         reply = yield spec.release_call(
             holder, hold.token, hold.count, time.monotonic() + ctx.call_timeout_s, units, believed
@@ -324,7 +345,7 @@ def release(
     finally:
         hold.releasing = False
     try:
-        settle_release(table, hold, reply, hold.release_started, units)
+        settle_release(table, hold, reply, hold.release_started, units, sent)
     except LockLostError:
         if table.mark_lost(hold):
             ctx.on_lost(hold)
@@ -334,7 +355,9 @@ def release(
     return True
 
 
-def settle_release(table: HoldTable, hold: Hold, reply: Any, started: float, units: int = 0) -> None:
+def settle_release(
+    table: HoldTable, hold: Hold, reply: Any, started: float, units: int = 0, sent: float | None = None
+) -> None:
     """Apply a release reply to the local hold.
 
     ``ALREADY_DONE``: an earlier, retried call got through. ``NOT_HELD`` on a last hold whose lease was
@@ -345,9 +368,13 @@ def settle_release(table: HoldTable, hold: Hold, reply: Any, started: float, uni
     """
     name = hold.spec.name
     if isinstance(reply, list | tuple):  # {OTHER, their token, server now}: another owner holds it
+        # The server clock when this release began is at most ``server_now - (sent - started)``: the script ran
+        # after this attempt was sent. A first attempt gives exactly ``server_now``, so any other owner took the
+        # lock before it: lost. A retry after an outage leaves the window since the first attempt (whose reply
+        # may have been lost after it freed the lock) to the benefit of the doubt.
         other_token, server_now = int(reply[1]), int(reply[2])
-        elapsed_us = (time.monotonic() - started) * 1e6
-        started_on_server = server_now - elapsed_us * 1.001 - 1_000  # clock-rate slack, as for leases
+        since_first_us = (started if sent is None else sent) - started
+        started_on_server = server_now - since_first_us * 1e6 * 0.999
         if int(reply[0]) == OTHER and hold.count == 1 and not hold.lost and other_token >= started_on_server:
             reply = NOT_HELD  # taken after our release began: our earlier, retried release freed it
         else:

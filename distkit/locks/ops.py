@@ -71,13 +71,20 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
+class Sleep:
+    """Pause (the back-off between retries of an acquire during an outage)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribe:
     """Leave the wake-up channel; never raises."""
 
     waiter: Waiter
 
 
-Op = Call | Command | Subscribe | Wait | Unsubscribe
+Op = Call | Command | Subscribe | Wait | Sleep | Unsubscribe
 Flow = Generator[Op, Any, T]
 
 

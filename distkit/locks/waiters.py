@@ -224,6 +224,10 @@ class Hub(_HubBase):
     def wait(self, waiter: Waiter, seconds: float) -> None:
         waiter.signal.wait(seconds)  # type: ignore[attr-defined]
 
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
     def _send(self, *args: str) -> None:
         try:
             if self._pubsub is None:
@@ -347,6 +351,10 @@ class AsyncHub(_HubBase):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     async def wait(self, waiter: Waiter, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
