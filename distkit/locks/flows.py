@@ -159,6 +159,32 @@ def acquire(
             f"{spec.name!r}: this owner holds the read lock; release it before asking for the write lock "
             "(upgrading could deadlock), or take the write lock first and then the read lock (downgrade)"
         )
+    pending = (spec.hold_key, holder)
+    if pending in table.acquiring:
+        raise LockError(
+            f"{spec.name!r}: this owner is already acquiring it (two acquire() calls of one task run concurrently, "
+            "e.g. under asyncio.gather); await one before starting the next"
+        )
+    table.acquiring.add(pending)
+    try:
+        return (yield from _acquire(ctx, spec, holder, alive, view, hold, blocking, timeout, lease_ms, units))
+    finally:
+        table.acquiring.discard(pending)
+
+
+def _acquire(
+    ctx: Context,
+    spec: Spec,
+    holder: str,
+    alive: Callable[[], bool],
+    view: Any,
+    hold: Hold | None,
+    blocking: bool,
+    timeout: float | None,
+    lease_ms: int | None,
+    units: int,
+) -> Flow[bool]:
+    table = ctx.table
     expected = hold.count if hold else 0
     lease = ctx.default_lease_ms if lease_ms is None else lease_ms
     start = time.monotonic()

@@ -125,6 +125,7 @@ class HoldTable:
     _holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _adds: int = 0
+    acquiring: set[tuple[str, str]] = field(default_factory=set)  # (spec key, holder) with an acquire under way
 
     def get(self, key: str, holder: str) -> Hold | None:
         return self._holds.get((key, holder))

@@ -119,6 +119,15 @@ async def test_wait_for_gather_shield_give_the_lock_to_the_caller(aclient: Any, 
         await lock.release()
 
 
+async def test_two_concurrent_acquires_of_one_task_are_refused_not_double_counted(alocks: AsyncLocks) -> None:
+    lock = alocks.lock("gathered")
+    results = await asyncio.gather(lock.acquire(), lock.acquire(), return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["LockError", "bool"]
+    assert True in results and lock.hold_count == 1
+    await lock.release()
+    assert not await lock.is_locked()
+
+
 # ------------------------------------------------------------------ 3. slow on_lost never stalls the watchdog
 
 
