@@ -57,6 +57,18 @@ def test_release_after_loss_to_another_owner_raises_and_fires_on_lost_once(
     lock.release()
 
 
+def test_write_lock_released_after_loss_to_another_writer_raises(locks: Locks, client: Any) -> None:
+    rw = locks.rw_lock("doc")
+    rw.write_lock().acquire()
+    for suffix in (None, "holds"):
+        client.delete(object_key(locks.namespace, "doc", suffix))
+    with Locks(client, namespace=locks.namespace) as other:
+        assert other.rw_lock("doc").write_lock().acquire(blocking=False)
+        with pytest.raises(LockLostError, match="another owner"):
+            rw.write_lock().release()
+        other.rw_lock("doc").write_lock().release()
+
+
 async def test_async_release_after_loss_to_another_owner_raises(alocks: AsyncLocks, aclient: Any) -> None:
     lock = alocks.lock("stolen")
     fired: list[int] = []

@@ -5,15 +5,30 @@
 -- ARGV[5] permits to give back (s; 0 = all of them)   ARGV[6] permits the caller believes the hold has ('' = unknown)
 --
 -- Reply 1 freed | 0 count decremented | 3 some of a permit's units given back | 2 already done by an earlier
--- call (a retry) | -1 not held | -2 the caller's count disagrees with Redis.
+-- call (a retry) | -1 not held | -2 the caller's count disagrees with Redis | {-3, token, server time us}: not
+-- held, and another owner holds a conflicting hold (a writer; for a writer, anyone) taken at that token.
 --@include shared_common
 local hash, holds = KEYS[1], KEYS[2]
 local me = ARGV[1] .. ':' .. ARGV[2]
+local now, t = server_ms()
+
+local function not_held()
+  if ARGV[1] == 's' then return -1 end
+  local first
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', holds, '(' .. now, '+inf')) do
+    if m ~= me and (ARGV[1] == 'w' or string.sub(m, 1, 2) == 'w:') then
+      local token = tonumber(redis.call('HGET', hash, 't|' .. m) or '')
+      if token and (not first or token < first) then first = token end
+    end
+  end
+  if not first then return -1 end
+  return {-3, string.format('%.0f', first), t[1] .. string.sub('00000' .. t[2], -6)}
+end
+
 local cur = redis.call('HMGET', hash, me, 't|' .. me, 'n|' .. me)
-if not cur[1] or (ARGV[3] ~= '' and cur[2] ~= ARGV[3]) then return -1 end
-local now = server_ms()
+if not cur[1] or (ARGV[3] ~= '' and cur[2] ~= ARGV[3]) then return not_held() end
 local ends = tonumber(redis.call('ZSCORE', holds, me))
-if not ends or ends <= now then return -1 end
+if not ends or ends <= now then return not_held() end
 local count, expected = tonumber(cur[1]), tonumber(ARGV[4])
 if count == expected - 1 then return 2 end
 if count ~= expected then return -2 end
