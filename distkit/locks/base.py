@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import time
 import uuid
 import weakref
 from collections.abc import Callable
@@ -251,8 +252,6 @@ class _View:
         return self._spec.name
 
     def _deadline(self) -> float:
-        import time
-
         return time.monotonic() + self._locks.call_timeout_s
 
 

@@ -399,8 +399,8 @@ def settle_release(
         # lock before it: lost. A retry after an outage leaves the window since the first attempt (whose reply
         # may have been lost after it freed the lock) to the benefit of the doubt.
         other_token, server_now = int(reply[1]), int(reply[2])
-        since_first_us = (started if sent is None else sent) - started
-        started_on_server = server_now - since_first_us * 1e6 * 0.999
+        since_first_s = (started if sent is None else sent) - started
+        started_on_server = server_now - since_first_s * 1e6 * 0.999
         if int(reply[0]) == OTHER and hold.count == 1 and not hold.lost and other_token >= started_on_server:
             reply = NOT_HELD  # taken after our release began: our earlier, retried release freed it
         else:
