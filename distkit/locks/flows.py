@@ -167,106 +167,90 @@ def acquire(
         )
     table.acquiring.add(pending)
     try:
-        return (yield from _acquire(ctx, spec, holder, alive, view, hold, blocking, timeout, lease_ms, units))
-    finally:
-        table.acquiring.discard(pending)
-
-
-def _acquire(
-    ctx: Context,
-    spec: Spec,
-    holder: str,
-    alive: Callable[[], bool],
-    view: Any,
-    hold: Hold | None,
-    blocking: bool,
-    timeout: float | None,
-    lease_ms: int | None,
-    units: int,
-) -> Flow[bool]:
-    table = ctx.table
-    expected = hold.count if hold else 0
-    lease = ctx.default_lease_ms if lease_ms is None else lease_ms
-    start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
-    waiter: Waiter | None = None
-    in_flight = acquired = False
-    failing_since: float | None = None
-    backoff = 0.02
-    try:
-        while True:
-            if waiter is not None:
-                waiter.signal.clear()
-            in_flight, sent = True, time.monotonic()
-            call_deadline = sent + ctx.call_timeout_s if deadline is None else max(deadline, sent + MIN_CALL_S)
-            try:
-                reply = yield spec.acquire_call(holder, expected, lease, blocking, call_deadline, units)
-            except OUTAGES:
-                # A blocked acquire rides out a short outage (a restart, a failover) until its deadline, or for
-                # call_timeout_s without one; retrying is safe: the script recognises an attempt that already ran.
-                now = time.monotonic()
-                failing_since = now if failing_since is None else failing_since
-                give_up = failing_since + ctx.call_timeout_s if deadline is None else deadline
-                if not blocking or now + backoff >= give_up or ctx.closed():
-                    raise
-                yield Sleep(backoff)
-                backoff = min(backoff * 2, 0.5)
-                continue
-            in_flight, failing_since, backoff = False, None, 0.02
-            if isinstance(reply, bytes | str):  # the fencing token: acquired
-                acquired = True
-                if ctx.closed():
-                    break
-                if hold is not None:
-                    hold.count += 1
-                    hold.leased(sent, lease)
-                    if lease_ms is None and not hold.watchdog:  # re-entered without a lease: renew from now on
-                        hold.lease_ms = lease
-                        hold.watchdog = True
-                        ctx.on_watchdog(hold)
-                else:
-                    token = reply.encode() if isinstance(reply, str) else reply
-                    hold = Hold(spec, holder, alive, token, 1, lease, lease_ms is None, 0.0, 0.0, view, units=units)
-                    hold.leased(sent, lease)
-                    table.add(hold)
-                    if hold.watchdog:
-                        ctx.on_watchdog(hold)
-                break
-            status, value = parse_pair(reply)
-            _raise_for_status(ctx, status, value, spec, hold, units)
-            if not blocking:
-                return False
-            if ctx.closed():
-                raise _closed_error(spec)
-            seconds = wait_seconds(value, spec.recheck_cap_s, ctx.default_lease_ms / 1000, deadline)
-            if seconds is None:
-                break
-            if waiter is None:
-                waiter = yield Subscribe(spec.channel, holder, deadline)
-                continue  # re-check at once: a release may have happened before the subscription
-            yield Wait(waiter, seconds)
-    except GeneratorExit:
-        raise
-    except BaseException:
-        yield from _abandon(spec, holder, expected, waiter, in_flight, deadline)
-        raise
-    if acquired and ctx.closed():  # granted while close() ran: nobody would renew it
-        yield from _give_back_reply(spec, holder, reply, expected, hold, table, deadline)
-        if waiter is not None:
-            yield Unsubscribe(waiter)
-        raise _closed_error(spec)
-    if waiter is not None:
+        expected = hold.count if hold else 0
+        lease = ctx.default_lease_ms if lease_ms is None else lease_ms
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        waiter: Waiter | None = None
+        in_flight = acquired = False
+        failing_since: float | None = None
+        backoff = 0.02
         try:
-            if not acquired:
-                yield from _quietly(spec.leave_call(holder, _cleanup_deadline(deadline)))
-            yield Unsubscribe(waiter)
+            while True:
+                if waiter is not None:
+                    waiter.signal.clear()
+                in_flight, sent = True, time.monotonic()
+                call_deadline = sent + ctx.call_timeout_s if deadline is None else max(deadline, sent + MIN_CALL_S)
+                try:
+                    reply = yield spec.acquire_call(holder, expected, lease, blocking, call_deadline, units)
+                except OUTAGES:
+                    # A blocked acquire rides out a short outage (a restart, a failover) until its deadline, or for
+                    # call_timeout_s without one; retrying is safe: the script recognises an attempt that already ran.
+                    now = time.monotonic()
+                    failing_since = now if failing_since is None else failing_since
+                    give_up = failing_since + ctx.call_timeout_s if deadline is None else deadline
+                    if not blocking or now + backoff >= give_up or ctx.closed():
+                        raise
+                    yield Sleep(backoff)
+                    backoff = min(backoff * 2, 0.5)
+                    continue
+                in_flight, failing_since, backoff = False, None, 0.02
+                if isinstance(reply, bytes | str):  # the fencing token: acquired
+                    acquired = True
+                    if ctx.closed():
+                        break
+                    if hold is not None:
+                        hold.count += 1
+                        hold.leased(sent, lease)
+                        if lease_ms is None and not hold.watchdog:  # re-entered without a lease: renew from now on
+                            hold.lease_ms = lease
+                            hold.watchdog = True
+                            ctx.on_watchdog(hold)
+                    else:
+                        token = reply.encode() if isinstance(reply, str) else reply
+                        hold = Hold(spec, holder, alive, token, 1, lease, lease_ms is None, 0.0, 0.0, view, units=units)
+                        hold.leased(sent, lease)
+                        table.add(hold)
+                        if hold.watchdog:
+                            ctx.on_watchdog(hold)
+                    break
+                status, value = parse_pair(reply)
+                _raise_for_status(ctx, status, value, spec, hold, units)
+                if not blocking:
+                    return False
+                if ctx.closed():
+                    raise _closed_error(spec)
+                seconds = wait_seconds(value, spec.recheck_cap_s, ctx.default_lease_ms / 1000, deadline)
+                if seconds is None:
+                    break
+                if waiter is None:
+                    waiter = yield Subscribe(spec.channel, holder, deadline)
+                    continue  # re-check at once: a release may have happened before the subscription
+                yield Wait(waiter, seconds)
         except GeneratorExit:
             raise
-        except BaseException:  # cancelled after the grant: the caller will not know it holds the lock
-            if acquired:
-                yield from _give_back(table, spec, holder, deadline)
+        except BaseException:
+            yield from _abandon(spec, holder, expected, waiter, in_flight, deadline)
             raise
-    return acquired
+        if acquired and ctx.closed():  # granted while close() ran: nobody would renew it
+            yield from _give_back_reply(spec, holder, reply, expected, hold, table, deadline)
+            if waiter is not None:
+                yield Unsubscribe(waiter)
+            raise _closed_error(spec)
+        if waiter is not None:
+            try:
+                if not acquired:
+                    yield from _quietly(spec.leave_call(holder, _cleanup_deadline(deadline)))
+                yield Unsubscribe(waiter)
+            except GeneratorExit:
+                raise
+            except BaseException:  # cancelled after the grant: the caller will not know it holds the lock
+                if acquired:
+                    yield from _give_back(table, spec, holder, deadline)
+                raise
+        return acquired
+    finally:
+        table.acquiring.discard(pending)
 
 
 def _cleanup_deadline(deadline: float | None) -> float:

@@ -35,7 +35,7 @@ class Waiter:
     signal: Signal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class Call:
     """Run a Lua script; the flow receives its reply."""
 
@@ -107,25 +107,16 @@ class Step(Generic[T]):
             self.result: T = done.value
 
 
-def _outcome(execute: Callable[[Op], Any], op: Op) -> tuple[Any, BaseException | None]:
-    try:
-        return execute(op), None
-    except BaseException as exc:  # handed to the flow, which cleans up and re-raises
-        return None, exc
-
-
-async def _aoutcome(execute: Callable[[Op], Awaitable[Any]], op: Op) -> tuple[Any, BaseException | None]:
-    try:
-        return await execute(op), None
-    except BaseException as exc:  # CancelledError included: the flow leaves nothing behind, then re-raises
-        return None, exc
-
-
 def drive(flow: Flow[T], execute: Callable[[Op], Any]) -> T:
     """Run ``flow`` to completion with a blocking ``execute``."""
     step = Step(flow)
     while step.running:
-        step.feed(*_outcome(execute, step.op))
+        try:
+            value = execute(step.op)
+        except BaseException as exc:  # handed to the flow, which cleans up and re-raises
+            step.feed(None, exc)
+        else:
+            step.feed(value, None)
     return step.result
 
 
@@ -133,5 +124,10 @@ async def adrive(flow: Flow[T], execute: Callable[[Op], Awaitable[Any]]) -> T:
     """Run ``flow`` to completion with an awaitable ``execute`` (cancellation is thrown into the flow)."""
     step = Step(flow)
     while step.running:
-        step.feed(*await _aoutcome(execute, step.op))
+        try:
+            value = await execute(step.op)
+        except BaseException as exc:  # CancelledError included: the flow leaves nothing behind, then re-raises
+            step.feed(None, exc)
+        else:
+            step.feed(value, None)
     return step.result
