@@ -24,7 +24,7 @@ from distkit.locks.base import LocksBase, LockView, kind_conflict
 from distkit.locks.holds import Hold, thread_alive, thread_serial
 from distkit.locks.ops import Flow, drive
 from distkit.locks.waiters import Hub
-from distkit.locks.watchdog import Watchdog, report_lost_in_thread
+from distkit.locks.watchdog import CallbackThreads, Watchdog
 
 if TYPE_CHECKING:
     from distkit.locks.multi import MultiLock
@@ -86,8 +86,17 @@ class Locks(LocksBase["Lock", "Semaphore"]):
     owner_fns = (thread_serial, thread_alive)  # the owner is the calling thread
     hub_class, watchdog_class, runner_class = Hub, Watchdog, Runner
 
+    _callbacks: CallbackThreads | None = None  # made on the first loss (again in a forked child)
+
     def report_lost(self, hold: Hold) -> None:
-        report_lost_in_thread(hold, f"distkit-on-lost-{self.namespace}")
+        callbacks = self._callbacks
+        if callbacks is None:
+            callbacks = self._callbacks = CallbackThreads(f"distkit-on-lost-{self.namespace}")
+        callbacks.submit(hold)
+
+    def _reset_io(self) -> None:
+        self._callbacks = None
+        super()._reset_io()
 
     def run(self, flow: Flow[T], name: str = "") -> T:
         """Run a flow with blocking I/O; outages become ``BackendUnavailableError``, ``WRONGTYPE`` a

@@ -97,9 +97,14 @@ def test_lost_hold_is_dropped_without_redis_after_a_kill(private_redis: Any, nam
     client = redis.Redis.from_url(private_redis.url)
     with Locks(client, namespace=namespace, lease_ms=lease_ms) as locks:
         lock = locks.lock("outage")
+        fired: list[float] = []
+        lock.on_lost = lambda: fired.append(time.monotonic())
         lock.acquire()
         private_redis.stop()
-        poll(lambda: lock.lost, timeout=lease_ms / 1000 + 2)
+        stopped = time.monotonic()
+        poll(lambda: fired, timeout=lease_ms / 1000 + 2)
+        assert fired[0] - stopped <= lease_ms / 1000 + SLACK_S, "no later than the last renewal + the lease"
+        assert lock.lost
         with pytest.raises(LockLostError):
             lock.acquire(blocking=False)
         t0 = time.monotonic()

@@ -164,6 +164,31 @@ def test_slow_on_lost_does_not_stall_renewals(client: Any, namespace: str) -> No
         healthy.release()
 
 
+def test_a_mass_loss_runs_every_callback_once_on_a_few_threads(client: Any, namespace: str) -> None:
+    with Locks(client, namespace=namespace, lease_ms=3_000) as locks:
+        fired: list[str] = []
+        threads_seen: list[int] = []
+        guard = threading.Lock()
+        views = [locks.lock(f"m{i}") for i in range(24)]
+        for view in views:
+
+            def on_lost(name: str = view.name) -> None:
+                time.sleep(0.02)
+                with guard:
+                    fired.append(name)
+                    threads_seen.append(
+                        sum(t.name == f"distkit-on-lost-{namespace}" for t in threading.enumerate())
+                    )
+
+            view.on_lost = on_lost
+            view.acquire()
+        client.delete(*[object_key(namespace, view.name) for view in views])
+        poll(lambda: len(fired) == 24, timeout=10)
+        time.sleep(0.1)
+        assert sorted(fired) == sorted(v.name for v in views), "each exactly once"
+        assert max(threads_seen) <= 4
+
+
 @pytest.mark.parametrize("kind", ["async-def", "blocking-def"])
 async def test_slow_on_lost_does_not_stall_the_async_watchdog(aclient: Any, namespace: str, kind: str) -> None:
     async with AsyncLocks(aclient, namespace=namespace, lease_ms=900) as alocks:
