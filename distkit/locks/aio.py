@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from distkit._redis import AsyncRunner
 from distkit.errors import BackendUnavailableError, InvalidArgumentError, LockTimeoutError
 from distkit.locks.base import LocksBase, LockView, SemaphoreView, check_units
-from distkit.locks.holds import Hold, task_alive, task_serial
+from distkit.locks.holds import Hold, in_task, task_alive, task_serial
 from distkit.locks.lock import map_error
 from distkit.locks.ops import Flow, adrive
 from distkit.locks.waiters import AsyncHub
@@ -40,6 +40,16 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 ALockT = TypeVar("ALockT", bound="AsyncLock")
+
+
+async def _later(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Called outside any task (``asyncio.run(lock.acquire())``): the task that runs the coroutine is the owner."""
+    return await make()
+
+
+def _owned(make: Callable[[], Coroutine[Any, Any, T]]) -> Coroutine[Any, Any, T]:
+    """Take the owner now (the calling task), or when the coroutine starts if there is no calling task."""
+    return make() if in_task() else _later(make)
 
 
 class AsyncLocks(LocksBase["AsyncLock", "AsyncSemaphore"]):
@@ -108,21 +118,21 @@ class AsyncLock(LockView):
         lease_s: float | None = None,
     ) -> Coroutine[Any, Any, bool]:
         """See :meth:`distkit.locks.Lock.acquire`; the owner is the task that called ``acquire()``."""
-        return self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name)
+        return _owned(lambda: self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name))
 
     def release(self) -> Coroutine[Any, Any, bool]:
         """See :meth:`distkit.locks.Lock.release`."""
-        return self._locks.run(self._release(), self.name)
+        return _owned(lambda: self._locks.run(self._release(), self.name))
 
     def try_release(self) -> Coroutine[Any, Any, bool]:
         """See :meth:`distkit.locks.Lock.try_release`."""
-        return self._locks.run(self._release(quiet=True), self.name)
+        return _owned(lambda: self._locks.run(self._release(quiet=True), self.name))
 
     async def is_locked(self) -> bool:
         return (await self._locks.run(self._state(), self.name))[0]
 
     def is_held_by_current(self) -> Coroutine[Any, Any, bool]:
-        return self._held(self._state())
+        return _owned(lambda: self._held(self._state()))
 
     def is_held_by(self, owner: str) -> Coroutine[Any, Any, bool]:
         """Held by ``owner`` (an id from :meth:`AsyncLocks.holder`), according to Redis."""
@@ -135,7 +145,7 @@ class AsyncLock(LockView):
         return self._locks.run(self._remaining(), self.name)
 
     def extend(self, lease_ms: int | None = None, *, lease_s: float | None = None) -> Coroutine[Any, Any, None]:
-        return self._locks.run(self._extend(lease_ms, lease_s), self.name)
+        return _owned(lambda: self._locks.run(self._extend(lease_ms, lease_s), self.name))
 
     def force_unlock(self) -> Coroutine[Any, Any, bool]:
         return self._locks.run(self._force_unlock(), self.name)
@@ -199,7 +209,9 @@ class AsyncSemaphore(SemaphoreView):
         lease_s: float | None = None,
         permits: int = 1,
     ) -> Coroutine[Any, Any, str | None]:
-        return self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s, permits), self.name)  # type: ignore[arg-type]
+        return _owned(
+            lambda: self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s, permits), self.name)  # type: ignore[arg-type]
+        )
 
     def release(self, permit: str, permits: int | None = None) -> Coroutine[Any, Any, None]:
         return self._locks.run(self._release(permit, permits), self.name)

@@ -77,6 +77,14 @@ def current_task() -> asyncio.Task[Any]:
     return task
 
 
+def in_task() -> bool:
+    """Whether the caller runs inside an asyncio task (False outside a running loop, or in a loop callback)."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:
+        return False
+
+
 def task_serial() -> int:
     """The current asyncio task's serial (assigned on first use, never reused)."""
     task = current_task()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequen
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from distkit.errors import InvalidArgumentError, LockLostError, LockTimeoutError
+from distkit.locks.holds import in_task
 
 if TYPE_CHECKING:
     from distkit.locks.aio import AsyncLock
@@ -127,12 +128,21 @@ class AsyncMultiLock(_MultiBase):
         self, blocking: bool = True, timeout: float | None = None, lease_ms: int | None = None, *,
         lease_s: float | None = None,
     ) -> Coroutine[Any, Any, bool]:
+        if not in_task():  # asyncio.run(multi.acquire()): the task running it is the owner
+            return self._acquire(None, blocking, timeout, lease_ms, lease_s)
         owners = [lock.owner() for lock in self.locks]
         return self._acquire(owners, blocking, timeout, lease_ms, lease_s)
 
     async def _acquire(
-        self, owners: list[Any], blocking: bool, timeout: float | None, lease_ms: int | None, lease_s: float | None
+        self,
+        owners: list[Any] | None,
+        blocking: bool,
+        timeout: float | None,
+        lease_ms: int | None,
+        lease_s: float | None,
     ) -> bool:
+        if owners is None:
+            owners = [lock.owner() for lock in self.locks]
         deadline = None if timeout is None else time.monotonic() + timeout
         taken: list[tuple[AsyncLock, str]] = []
         try:
@@ -157,10 +167,11 @@ class AsyncMultiLock(_MultiBase):
                 await lock._locks.run(lock._release(quiet=True, holder=holder), lock.name)
 
     def release(self) -> Coroutine[Any, Any, None]:
-        holders = [lock._locks.holder() for lock in self.locks]
-        return self._release(holders)
+        return self._release([lock._locks.holder() for lock in self.locks] if in_task() else None)
 
-    async def _release(self, holders: list[str]) -> None:
+    async def _release(self, holders: list[str] | None) -> None:
+        if holders is None:
+            holders = [lock._locks.holder() for lock in self.locks]
         lost: list[str] = []
         for lock, holder in reversed(list(zip(self.locks, holders, strict=True))):
             if not await lock._locks.run(lock._release(quiet=True, holder=holder), lock.name):

@@ -9,8 +9,9 @@ plus the lease (measured on ``time.monotonic``).
 
 Every renewal call carries the deadline of the leases it renews, and ``on_lost`` callbacks never run on the
 renewal path: they run on a few callback threads (sync, :class:`CallbackThreads`) or as a task / in the
-loop's executor (asyncio), so a slow callback cannot make a healthy lock on the same watchdog expire. The sync watchdog also has a small
-expiry thread, so a renewal call stuck past its deadline cannot delay ``on_lost`` either.
+loop's executor (asyncio), so a slow callback cannot make a healthy lock on the same watchdog expire. The
+sync watchdog also has a small expiry thread, so a renewal call stuck past its deadline cannot delay
+``on_lost`` either.
 
 :class:`RenewalPlanner` decides (no I/O); :class:`Watchdog` and :class:`AsyncWatchdog` only run it.
 """

@@ -97,6 +97,7 @@ def test_reply_lost_release_then_another_owner_is_not_an_error(locks: Locks, cli
     hold = locks.holds.get(lock._spec.hold_key, locks.holder())
     assert hold is not None
     hold.release_started = time.monotonic()  # a first attempt that failed with an outage
+    time.sleep(0.2)  # ... and took a while (the retry's own latency shortens the benefit of the doubt)
     call = lock._spec.release_call(locks.holder(), hold.token, 1)
     call.script(client, call.keys, call.args)  # it ran on the server
     with Locks(client, namespace=locks.namespace) as other:
@@ -362,3 +363,35 @@ def test_namespace_and_name_separator_is_not_ambiguous(client: Any, namespace: s
         a.release()
     assert object_key("a", "x}y{") == "{a:x%7Dy%7B}", "braces cannot break the hash tag"
     assert object_key("a%3Ab", "c") != object_key("a:b", "c")
+
+
+def test_async_calls_made_outside_a_task_belong_to_the_task_that_runs_them(redis_url: str, namespace: str) -> None:
+    import redis.asyncio as aredis
+
+    async def scenario() -> None:
+        client = aredis.Redis.from_url(redis_url)
+        async with AsyncLocks(client, namespace=namespace) as alocks:
+            lock = alocks.lock("outside")
+
+            async def inner() -> bool:
+                ok = await lock.acquire(lease_ms=5_000)
+                await lock.release()
+                return ok
+
+            assert await inner()
+        await client.aclose()
+
+    loop = asyncio.new_event_loop()
+    try:
+        client = aredis.Redis.from_url(redis_url)
+        alocks = AsyncLocks(client, namespace=namespace)
+        lock = alocks.lock("outside")
+        coro = lock.acquire(lease_ms=5_000)  # made with no task around: owned by the task run_until_complete makes
+        assert loop.run_until_complete(coro) is True
+        assert loop.run_until_complete(lock.is_locked())
+        assert loop.run_until_complete(lock.force_unlock())
+        loop.run_until_complete(alocks.aclose())
+        loop.run_until_complete(client.aclose())
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
