@@ -5,8 +5,8 @@ read a script's reply, how long to wait before re-checking, which deadline each 
 ``release`` reply means for a hold that may have been retried after a network error, and what to undo when
 an acquire is abandoned.
 
-Deadlines: an ``acquire(timeout=t)`` gives every call it makes the deadline ``start + t`` (at least
-:data:`MIN_CALL_S` per attempt), so it returns or raises within ``t`` and a little; calls without a timeout
+Deadlines: an ``acquire(timeout=t)`` gives every call it makes the deadline ``start + t`` (the first
+attempt at least :data:`MIN_CALL_S`), so it returns or raises within ``t`` and a little; calls without a timeout
 of their own (a try-lock, ``release``, state queries) get ``now + call_timeout_s``; cleanup after a failed
 or cancelled acquire gets at most :data:`CLEANUP_S` beyond the acquire's deadline.
 """
@@ -50,7 +50,7 @@ from distkit.locks.specs import (
     parse_pair,
 )
 
-MIN_CALL_S = 0.2  # the shortest deadline one attempt gets (acquire(timeout=0) still makes one real attempt)
+MIN_CALL_S = 0.1  # the shortest deadline one attempt gets (acquire(timeout=0) still makes one real attempt)
 CLEANUP_S = 0.1  # how far past the acquire's deadline its cleanup (undo, leave the queue) may run
 MAX_LEASE_MS = 10**12  # ~31 years: Redis refuses expiries that overflow, and nobody means more
 # what an outage looks like (the Runner raises BackendUnavailableError; its stub still raises redis-py's own)
@@ -180,7 +180,10 @@ def acquire(
                 if waiter is not None:
                     waiter.signal.clear()
                 in_flight, sent = True, time.monotonic()
-                call_deadline = sent + ctx.call_timeout_s if deadline is None else max(deadline, sent + MIN_CALL_S)
+                if deadline is None:
+                    call_deadline = sent + ctx.call_timeout_s
+                else:  # a retry after an outage gets no extension: the acquire's own deadline bounds it
+                    call_deadline = max(deadline, sent + MIN_CALL_S) if failing_since is None else deadline
                 try:
                     reply = yield spec.acquire_call(holder, expected, lease, blocking, call_deadline, units)
                 except OUTAGES:

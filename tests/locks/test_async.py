@@ -68,13 +68,14 @@ async def test_cancelled_waiter_leaves_no_queue_entry_and_no_subscription(
 ) -> None:
     fair = alocks.fair_lock("cancel-me")
     await fair.acquire()
+
     async def other_task() -> bool:  # a task of its own: acquire() takes the owner where it is called
         return await fair.acquire()
 
     waiter = asyncio.create_task(other_task())
     queue = key(namespace, "cancel-me", "queue")
     await apoll(lambda: aclient.llen(queue))
-    assert alocks.hub.subscribed_channels == {fair._spec.channel}
+    await apoll(lambda: alocks.hub.subscribed_channels == {fair._spec.channel})  # queued first, then subscribed
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
