@@ -30,7 +30,7 @@ from distkit.errors import BackendUnavailableError, InvalidArgumentError, LockTi
 from distkit.locks.base import LocksBase, LockView, SemaphoreView, check_units
 from distkit.locks.holds import Hold, in_task, task_alive, task_serial
 from distkit.locks.lock import map_error
-from distkit.locks.ops import Flow, adrive
+from distkit.locks.ops import Call, Flow, Step
 from distkit.locks.waiters import AsyncHub
 from distkit.locks.watchdog import AsyncWatchdog, report_lost_in_loop
 
@@ -72,8 +72,22 @@ class AsyncLocks(LocksBase["AsyncLock", "AsyncSemaphore"]):
     async def run(self, flow: Flow[T], name: str = "") -> T:
         """Run a flow awaiting its I/O; outages become ``BackendUnavailableError``, ``WRONGTYPE`` a
         ``LockConfigConflictError``."""
+        # adrive, inlined with a fast path for script calls (the hot path: two per acquire + release cycle)
+        runner, execute = self.runner, self.execute
+        step = Step(flow)
         try:
-            return await adrive(flow, self.execute)
+            while step.running:
+                op = step.op
+                try:
+                    if op.__class__ is Call:
+                        value = await runner(op.script, op.keys, op.args, deadline=op.deadline)
+                    else:
+                        value = await execute(op)
+                except BaseException as exc:  # CancelledError included: the flow cleans up, then re-raises
+                    step.feed(None, exc)
+                else:
+                    step.feed(value, None)
+            return step.result
         except (BackendUnavailableError, RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
             typed = map_error(exc, name)
             if typed is None:
