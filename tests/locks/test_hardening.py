@@ -395,3 +395,25 @@ def test_async_calls_made_outside_a_task_belong_to_the_task_that_runs_them(redis
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+def test_two_processes_with_different_permit_counts_never_exceed_the_stored_one(
+    backend: str, client: Any, namespace: str
+) -> None:
+    import multiprocessing
+
+    from tests.locks import _workers
+
+    spawn = multiprocessing.get_context("spawn")
+    with Locks(client, namespace=namespace) as locks:
+        sem = locks.semaphore("pool", permits=2, lease_ms=10_000)
+        mine = [sem.acquire(), sem.acquire()]
+        out = spawn.Queue()
+        for permits, expected in ((5, ("LockConfigConflictError", 0, -1)), (2, ("taken", 0, 0))):
+            proc = spawn.Process(target=_workers.take_permits, args=(backend, namespace, permits, out))
+            proc.start()
+            assert out.get(timeout=60) == expected
+            proc.join(30)
+        for permit in mine:
+            assert permit is not None
+            sem.release(permit)
