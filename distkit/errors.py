@@ -96,6 +96,15 @@ class LockTimeoutError(LockError):
     """``acquire`` with a timeout, used as a context manager, did not get the lock in time."""
 
 
+class LocksClosedError(LockError):
+    """The ``Locks`` / ``AsyncLocks`` factory was closed (also raised in ``acquire`` calls blocked at that time)."""
+
+
+class LockConfigConflictError(LockError, InvalidArgumentError):
+    """Redis holds this name with another configuration (semaphore permits, ``prefer_writers``, or another kind
+    of lock object): use one configuration per name everywhere."""
+
+
 # --------------------------------------------------------------------------- ratelimit
 
 

@@ -4,10 +4,11 @@
 * :meth:`Locks.fair_lock` - the same, granted in FIFO order; dead waiters lose their place.
 * :meth:`Locks.rw_lock` - many readers or one writer, downgrade allowed, upgrade refused, optional
   writer preference.
-* :meth:`Locks.semaphore` - expirable permits.
+* :meth:`Locks.semaphore` - expirable permits (several per id if asked), ``drain`` / ``add_permits``.
+* :meth:`Locks.multi_lock` - all-or-nothing over several locks, taken in one global order.
 
 Waiters sleep on one shared pub/sub listener (no polling), the watchdog stops renewing when the owner thread
-or task dies, and every key carries a TTL. See docs/locks.md.
+or task dies, every Redis call has a deadline, and every key carries a TTL. See docs/locks.md.
 
 >>> from distkit.locks import Locks                                   # doctest: +SKIP
 >>> locks = Locks(redis_client, namespace="app")                       # doctest: +SKIP
@@ -25,18 +26,31 @@ if TYPE_CHECKING:
     from distkit.locks.aio import AsyncLock, AsyncLocks, AsyncSemaphore
     from distkit.locks.base import ReadWriteLock
     from distkit.locks.lock import Lock, Locks
+    from distkit.locks.multi import AsyncMultiLock, MultiLock
     from distkit.locks.semaphore import Semaphore
 
-__all__ = ["AsyncLock", "AsyncLocks", "AsyncSemaphore", "Lock", "Locks", "ReadWriteLock", "Semaphore"]
+__all__ = [
+    "AsyncLock",
+    "AsyncLocks",
+    "AsyncMultiLock",
+    "AsyncSemaphore",
+    "Lock",
+    "Locks",
+    "MultiLock",
+    "ReadWriteLock",
+    "Semaphore",
+]
 
 # every lock talks to Redis: the names load on first use, so ``import distkit.locks`` works without the redis
 # extra and ``from distkit.locks import Locks`` then says ``pip install 'distkit[redis]'``
 _LAZY = {
     "AsyncLock": "distkit.locks.aio",
     "AsyncLocks": "distkit.locks.aio",
+    "AsyncMultiLock": "distkit.locks.multi",
     "AsyncSemaphore": "distkit.locks.aio",
     "Lock": "distkit.locks.lock",
     "Locks": "distkit.locks.lock",
+    "MultiLock": "distkit.locks.multi",
     "ReadWriteLock": "distkit.locks.base",
     "Semaphore": "distkit.locks.semaphore",
 }

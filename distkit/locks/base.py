@@ -1,34 +1,69 @@
 """What the sync and asyncio classes share: the factory (:class:`LocksBase`), the lock view
 (:class:`LockView`) and the semaphore view (:class:`SemaphoreView`). No I/O here: views build flows
 (:mod:`distkit.locks.flows`) and the subclasses run them blocking or awaiting.
+
+A view takes the caller's owner id and liveness check *when the method is called*, not when its flow runs:
+``asyncio.wait_for(lock.acquire(), 2)`` on Python 3.10 / 3.11 runs the flow in a task of its own, and the
+lock must still belong to the task that called ``acquire()``.
 """
 
 from __future__ import annotations
 
 import atexit
+import math
 import os
+import time
 import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from distkit.errors import InvalidArgumentError, LockError, LockNotOwnedError
+from redis.exceptions import ResponseError
+
+from distkit.errors import InvalidArgumentError, LockConfigConflictError, LockNotOwnedError, LocksClosedError
 from distkit.locks import flows
-from distkit.locks.flows import Context
+from distkit.locks.flows import Context, lease_of
 from distkit.locks.holds import Hold, HoldTable
-from distkit.locks.ops import Call, Command, Flow, Op, Subscribe, Unsubscribe, Wait
-from distkit.locks.specs import FREED, ExclusiveSpec, SharedSpec, Spec
+from distkit.locks.ops import Call, Command, Flow, Op, Sleep, Subscribe, Unsubscribe, Wait
+from distkit.locks.specs import FREED, PARTIAL, ExclusiveSpec, SharedSpec, Spec
 
 L = TypeVar("L", bound="LockView")
 S = TypeVar("S", bound="SemaphoreView")
 
 _live: weakref.WeakSet[LocksBase[Any, Any]] = weakref.WeakSet()
+MAX_NAME_BYTES = 4096
 
 
 def _positive_ms(what: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= flows.MAX_LEASE_MS:
         raise InvalidArgumentError(f"{what} must be a positive number of milliseconds (int), got {value!r}")
     return value
+
+
+def _text(what: str, value: Any) -> str:
+    """A non-empty str that Redis can store (valid UTF-8: no lone surrogates) and of a sane size."""
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{what} must be a non-empty str, got {value!r}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgumentError(
+            f"{what} {value!r} is not valid Unicode text ({exc.reason} at {exc.start}): use a str without lone "
+            "surrogates"
+        ) from None
+    if size > MAX_NAME_BYTES:
+        raise InvalidArgumentError(f"{what} is {size} bytes in UTF-8; keep it under {MAX_NAME_BYTES}")
+    return value
+
+
+def kind_conflict(exc: ResponseError, name: str) -> LockConfigConflictError | None:
+    """``WRONGTYPE`` from a script: the name is used by another kind of lock object in this namespace."""
+    if "WRONGTYPE" not in str(exc):
+        return None
+    return LockConfigConflictError(
+        f"{name!r} is already used by another kind of lock object in this namespace (a lock vs a read-write lock or "
+        "semaphore): give each object its own name"
+    )
 
 
 class LocksBase(Generic[L, S]):
@@ -40,27 +75,39 @@ class LocksBase(Generic[L, S]):
     owner_fns: ClassVar[tuple[Callable[[], int], Callable[[], Callable[[], bool]]]]
     hub_class: ClassVar[type[Any]]
     watchdog_class: ClassVar[type[Any]]
+    runner_class: ClassVar[type[Any]]
 
     def __init__(
         self,
         client: Any,
         namespace: str = "distkit",
         *,
-        lease_ms: int = 30_000,
+        lease_ms: int | None = None,
+        lease_s: float | None = None,
         waiter_ttl_ms: int = 10_000,
         linger_s: float = 2.0,
+        call_timeout_s: float = 5.0,
+        config_ttl_ms: int = 86_400_000,
     ) -> None:
-        if not isinstance(namespace, str) or not namespace:
-            raise InvalidArgumentError(f"namespace must be a non-empty str, got {namespace!r}")
+        _text("namespace", namespace)
         if client is None:
             raise InvalidArgumentError("client is required: pass a redis-py client (Settings.from_env().redis())")
         self.client = client
         self.namespace = namespace
-        self.lease_ms = _positive_ms("lease_ms", lease_ms)
+        lease = lease_of(lease_ms, lease_s)
+        self.lease_ms = 30_000 if lease is None else _positive_ms("lease_ms", lease)
         self.waiter_ttl_ms = _positive_ms("waiter_ttl_ms", waiter_ttl_ms)
+        self.config_ttl_ms = _positive_ms("config_ttl_ms", config_ttl_ms)
         if isinstance(linger_s, bool) or not isinstance(linger_s, int | float) or not linger_s >= 0:
             raise InvalidArgumentError(f"linger_s must be a number of seconds >= 0, got {linger_s!r}")
+        if (
+            isinstance(call_timeout_s, bool)
+            or not isinstance(call_timeout_s, int | float)
+            or not 0 < call_timeout_s < math.inf
+        ):
+            raise InvalidArgumentError(f"call_timeout_s must be a positive number of seconds, got {call_timeout_s!r}")
         self.linger_s = float(linger_s)
+        self.call_timeout_s = float(call_timeout_s)
         self.instance_id = uuid.uuid4().hex[:16]
         self.closed = False
         self._new_state()
@@ -68,7 +115,15 @@ class LocksBase(Generic[L, S]):
 
     def _new_state(self) -> None:
         self.holds = HoldTable()
-        self.context = Context(self.holds, self.lease_ms, self.kick_watchdog, self.alive)
+        self.context = Context(
+            self.holds,
+            self.lease_ms,
+            self.kick_watchdog,
+            self.alive,
+            self.report_lost,
+            lambda: self.closed,
+            self.call_timeout_s,
+        )
         self._reset_io()
 
     # ------------------------------------------------------------------ factories
@@ -83,18 +138,29 @@ class LocksBase(Generic[L, S]):
         ttl = self.waiter_ttl_ms if waiter_ttl_ms is None else _positive_ms("waiter_ttl_ms", waiter_ttl_ms)
         return self.lock_class(self, ExclusiveSpec(self.namespace, self._name(name), waiter_ttl_ms=ttl))
 
-    def semaphore(self, name: str, permits: int, *, lease_ms: int | None = None) -> S:
-        """At most ``permits`` concurrent holders; each permit expires after ``lease_ms`` (None: renewed by the
-        watchdog while its thread / task lives)."""
-        if isinstance(permits, bool) or not isinstance(permits, int) or permits <= 0:
+    def semaphore(self, name: str, permits: int, *, lease_ms: int | None = None, lease_s: float | None = None) -> S:
+        """At most ``permits`` concurrent holders; each permit expires after ``lease_ms`` / ``lease_s`` (None:
+        renewed by the watchdog while its thread / task lives). The count is stored with the semaphore in
+        Redis: a process configured with another count gets :class:`~distkit.errors.LockConfigConflictError`."""
+        if isinstance(permits, bool) or not isinstance(permits, int) or not 0 < permits < 2**53:
             raise InvalidArgumentError(f"permits must be a positive int, got {permits!r}")
-        lease = None if lease_ms is None else _positive_ms("lease_ms", lease_ms)
-        spec = SharedSpec(self.namespace, self._name(name), kind="s", limit=permits, waiter_ttl_ms=self.waiter_ttl_ms)
+        lease = lease_of(lease_ms, lease_s)
+        spec = SharedSpec(
+            self.namespace,
+            self._name(name),
+            kind="s",
+            limit=permits,
+            waiter_ttl_ms=self.waiter_ttl_ms,
+            config_ttl_ms=self.config_ttl_ms,
+        )
         return self.semaphore_class(self, spec, lease)
 
     def rw_lock(self, name: str, *, prefer_writers: bool = False) -> ReadWriteLock[L]:
         """A read-write lock; ``prefer_writers=True`` makes a waiting writer stop new readers, so a stream of
-        readers cannot starve it."""
+        readers cannot starve it. The setting is stored with the lock in Redis while it is held: a process
+        using the other setting gets :class:`~distkit.errors.LockConfigConflictError`."""
+        if not isinstance(prefer_writers, bool):
+            raise InvalidArgumentError(f"prefer_writers must be True or False, got {prefer_writers!r}")
         return ReadWriteLock(self, name, prefer_writers)
 
     def _shared(self, name: str, kind: str, prefer_writers: bool) -> L:
@@ -103,38 +169,42 @@ class LocksBase(Generic[L, S]):
 
     @staticmethod
     def _name(name: str) -> str:
-        if not isinstance(name, str) or not name:
-            raise InvalidArgumentError(f"lock name must be a non-empty str, got {name!r}")
-        return name
+        return _text("lock name", name)
 
     # ------------------------------------------------------------------ owners, lifecycle
 
     def holder(self) -> str:
-        """The caller's owner id in Redis: this instance and the calling thread (or task)."""
+        """The caller's owner id in Redis: this instance and the calling thread (or task). Pass it to
+        ``is_held_by`` from elsewhere to ask whether that owner holds a lock."""
         return f"{self.instance_id}:{self.owner_fns[0]()}"
 
     def alive(self) -> Callable[[], bool]:
-        """The caller's liveness check (its thread's ``is_alive``, or its task's ``not done()``)."""
+        """The caller's liveness check (its thread's end, or its task's ``done()``)."""
         return self.owner_fns[1]()
 
     def kick_watchdog(self, hold: Hold) -> None:
         self.watchdog.kick(hold)
 
+    def report_lost(self, hold: Hold) -> None:
+        """Call the hold's ``on_lost`` elsewhere (a thread or a task of its own), never on the caller's path."""
+        raise NotImplementedError
+
     def _reset_io(self) -> None:
-        """(Re)create the pub/sub hub and the watchdog (started on first need) and the I/O dispatch table."""
+        """(Re)create the runner, the pub/sub hub and the watchdog (started on first need) and the I/O table."""
         client, ns = self.client, self.namespace
+        self.runner = runner = self.runner_class(client, timeout_s=self.call_timeout_s)
         self.hub = hub = self.hub_class(client, f"distkit-locks-pubsub-{ns}", self.linger_s)
-        self.watchdog = self.watchdog_class(client, self.holds, self.lease_ms, f"distkit-watchdog-{ns}")
+        self.watchdog = self.watchdog_class(
+            runner, self.holds, self.lease_ms, f"distkit-watchdog-{ns}", self.report_lost
+        )
         self._dispatch: dict[type, Callable[[Any], Any]] = {
-            Call: self._script,
-            Command: lambda op: client.execute_command(*op.args),
-            Subscribe: lambda op: hub.subscribe(op.channel, op.holder),
+            Call: lambda op: runner(op.script, op.keys, op.args, deadline=op.deadline),
+            Command: lambda op: runner.command(*op.args, deadline=op.deadline),
+            Subscribe: lambda op: hub.subscribe(op.channel, op.holder, op.deadline),
             Wait: lambda op: hub.wait(op.waiter, op.seconds),
+            Sleep: lambda op: hub.sleep(op.seconds),
             Unsubscribe: lambda op: hub.unsubscribe(op.waiter),
         }
-
-    def _script(self, op: Call) -> Any:
-        raise NotImplementedError
 
     def execute(self, op: Op) -> Any:
         """Perform one operation of a flow: a value (sync clients) or an awaitable (asyncio clients)."""
@@ -147,7 +217,7 @@ class LocksBase(Generic[L, S]):
 
     def _check_open(self) -> None:
         if self.closed:
-            raise LockError(f"Locks(namespace={self.namespace!r}) is closed; create a new one")
+            raise LocksClosedError(f"Locks(namespace={self.namespace!r}) is closed; create a new one")
 
 
 def _after_fork_in_child() -> None:
@@ -181,6 +251,9 @@ class _View:
     def name(self) -> str:
         return self._spec.name
 
+    def _deadline(self) -> float:
+        return time.monotonic() + self._locks.call_timeout_s
+
 
 class LockView(_View):
     """A named lock (or one side of a read-write lock). Cheap: state lives in Redis and in the factory's
@@ -203,27 +276,63 @@ class LockView(_View):
 
     @property
     def lost(self) -> bool:
-        """True once the watchdog found the caller's hold gone (``on_lost`` has been called)."""
+        """True once the caller's hold was found gone (``on_lost`` has been or is being called)."""
         hold = self._locks.holds.get(self._spec.hold_key, self._locks.holder())
         return bool(hold and hold.lost)
 
-    def _acquire(self, blocking: bool, timeout: float | None, lease_ms: int | None) -> Flow[bool]:
-        self._locks._check_open()
+    def owner(self) -> tuple[str, Callable[[], bool]]:
+        """The caller's (owner id, liveness check), taken now."""
+        return self._locks.holder(), self._locks.alive()
+
+    def _acquire(
+        self,
+        blocking: bool,
+        timeout: float | None,
+        lease_ms: int | None,
+        lease_s: float | None = None,
+        owner: tuple[str, Callable[[], bool]] | None = None,
+    ) -> Flow[bool]:
         locks = self._locks
+        locks._check_open()
+        lease = lease_ms if lease_s is None else lease_of(lease_ms, lease_s)
+        holder, alive = self.owner() if owner is None else owner
         return flows.acquire(
-            locks.context, self._spec, locks.holder(), self, blocking=blocking, timeout=timeout, lease_ms=lease_ms
+            locks.context, self._spec, holder, alive, self, blocking=blocking, timeout=timeout, lease_ms=lease
         )
 
-    def _release(self) -> Flow[None]:
-        return flows.release(self._locks.holds, self._spec, self._locks.holder())
+    def _release(self, quiet: bool = False, holder: str | None = None) -> Flow[bool]:
+        who = self._locks.holder() if holder is None else holder
+        return flows.release(self._locks.context, self._spec, who, quiet=quiet)
 
-    def _state(self) -> Flow[tuple[bool, bool]]:
-        return self._spec.state(self._locks.holder())
+    def _state(self, owner: str | None = None) -> Flow[tuple[bool, bool]]:
+        if owner is not None and not isinstance(owner, str):
+            raise InvalidArgumentError(f"owner must be an owner id str (from Locks.holder()), got {owner!r}")
+        return self._spec.state(self._locks.holder() if owner is None else owner, self._deadline())
+
+    def _remaining(self) -> Flow[int | None]:
+        return self._spec.remaining(self._deadline())
+
+    def _extend(self, lease_ms: int | None, lease_s: float | None) -> Flow[None]:
+        lease = lease_of(lease_ms, lease_s)
+        if lease is None:
+            raise InvalidArgumentError("extend needs lease_ms or lease_s: the new lease, counted from now")
+        return flows.extend(self._locks.context, self._spec, self._locks.holder(), lease)
+
+    def _force_unlock(self) -> Flow[bool]:
+        reply = yield self._spec.force_call(self._deadline())
+        return bool(int(reply))
+
+
+def check_units(units: Any) -> int:
+    if isinstance(units, bool) or not isinstance(units, int) or not 0 < units < 2**53:
+        raise InvalidArgumentError(f"the number of permits must be a positive int, got {units!r}")
+    return units
 
 
 class SemaphoreView(_View):
     """Expirable permits (Redisson's ``RPermitExpirableSemaphore``): ``acquire`` returns a permit id that any
-    process may ``release``; a permit nobody releases expires after its lease."""
+    process may ``release``; a permit nobody releases expires after its lease. One permit id may stand for
+    several permits (``acquire(3)``)."""
 
     _spec: SharedSpec
 
@@ -234,29 +343,79 @@ class SemaphoreView(_View):
 
     @property
     def permits(self) -> int:
+        """The permit count this object was configured with (see :meth:`available` for Redis' view)."""
         return self._spec.limit
 
-    def _acquire(self, blocking: bool, timeout: float | None, lease_ms: int | None) -> Flow[str | None]:
-        self._locks._check_open()
+    @staticmethod
+    def _args(blocking: Any, permits: int) -> tuple[bool, int]:
+        """``acquire(3)`` means three permits: an int first argument that is not a bool is a permit count."""
+        if not isinstance(blocking, bool) and isinstance(blocking, int):
+            if permits != 1:
+                raise InvalidArgumentError("pass the number of permits once: acquire(3) or acquire(permits=3)")
+            return True, check_units(blocking)
+        return blocking, check_units(permits)
+
+    def _acquire(
+        self,
+        blocking: bool,
+        timeout: float | None,
+        lease_ms: int | None,
+        lease_s: float | None = None,
+        permits: int = 1,
+    ) -> Flow[str | None]:
+        locks = self._locks
+        locks._check_open()
+        blocking, units = self._args(blocking, permits)
+        lease = self._lease_ms if lease_ms is None and lease_s is None else lease_of(lease_ms, lease_s)
         permit = uuid.uuid4().hex
-        lease = self._lease_ms if lease_ms is None else lease_ms
-        ok = yield from flows.acquire(
-            self._locks.context, self._spec, permit, self, blocking=blocking, timeout=timeout, lease_ms=lease
+        flow = flows.acquire(
+            locks.context,
+            self._spec,
+            permit,
+            locks.alive(),
+            self,
+            blocking=blocking,
+            timeout=timeout,
+            lease_ms=lease,
+            units=units,
         )
+        return self._permit_of(flow, permit)
+
+    @staticmethod
+    def _permit_of(flow: Flow[bool], permit: str) -> Flow[str | None]:
+        ok = yield from flow
         return permit if ok else None
 
-    def _release(self, permit: str) -> Flow[None]:
+    def _release(self, permit: str, permits: int | None = None) -> Flow[None]:
+        if not isinstance(permit, str) or not permit:
+            raise InvalidArgumentError(f"release needs the permit id str that acquire returned, got {permit!r}")
+        units = 0 if permits is None else check_units(permits)
+        return self._release_flow(permit, units)
+
+    def _release_flow(self, permit: str, units: int) -> Flow[None]:
         if self._locks.holds.get(self._spec.hold_key, permit) is not None:
-            yield from flows.release(self._locks.holds, self._spec, permit, "permit")
+            yield from flows.release(self._locks.context, self._spec, permit, "permit", units=units)
             return
         # a permit taken elsewhere (another process): release it if it is still there
-        reply = yield self._spec.release_call(permit, "", 1)
-        if int(reply) != FREED:
+        reply = yield self._spec.release_call(permit, "", 1, self._deadline(), units)
+        if isinstance(reply, list | tuple) or int(reply) not in (FREED, PARTIAL):
             raise LockNotOwnedError(f"permit {permit!r} of {self._spec.name!r} is not held (released or expired)")
 
     def _available(self) -> Flow[int]:
-        live = yield from self._spec.live_holds()
-        return max(0, self._spec.limit - live)
+        used, permits, _ = yield from self._spec.usage(self._deadline())
+        return max(0, permits - used)
+
+    def _adjust(self, op: str, n: int) -> Flow[int]:
+        reply = yield self._spec.adjust_call(op, n, self._deadline())
+        status, value = int(reply[0]), reply[1]
+        if status == -4:
+            stored = value.decode() if isinstance(value, bytes) else str(value)
+            raise LockConfigConflictError(
+                f"{self._spec.name!r} is configured as {stored!r} in Redis, this object as {self._spec.config!r}"
+            )
+        if status == -5:
+            raise InvalidArgumentError(f"{self._spec.name!r} has {int(value)} permits: cannot remove {-n}")
+        return int(value)
 
     def _push(self, permit: str | None) -> str:
         if permit is None:

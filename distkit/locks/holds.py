@@ -38,9 +38,34 @@ def thread_serial() -> int:
         return serial
 
 
+class _ThreadSentinel:
+    """Lives in a thread-local slot: CPython drops it when its thread ends, however the thread was started."""
+
+    __slots__ = ("__weakref__",)
+
+
+_thread_alive = threading.local()
+
+
 def thread_alive() -> Callable[[], bool]:
-    """``is_alive`` of the current thread: the watchdog stops renewing once it turns False."""
-    return threading.current_thread().is_alive
+    """Whether the current thread still runs: the watchdog stops renewing once it turns False.
+
+    ``Thread.is_alive`` is not enough: a thread started with ``_thread.start_new_thread`` (C extensions,
+    embedding hosts) is a ``_DummyThread`` whose ``is_alive()`` stays True after it ended. A sentinel kept in a
+    thread-local slot is released when the thread's state is cleared at exit, for every kind of thread.
+    """
+    try:
+        return _thread_alive.check  # type: ignore[no-any-return]
+    except AttributeError:
+        sentinel = _ThreadSentinel()
+        ref = weakref.ref(sentinel)
+        _thread_alive.sentinel = sentinel
+
+        def check() -> bool:
+            return ref() is not None
+
+        _thread_alive.check = check
+        return check
 
 
 def current_task() -> asyncio.Task[Any]:
@@ -50,6 +75,14 @@ def current_task() -> asyncio.Task[Any]:
 
         raise LockError("AsyncLocks must be used from inside an asyncio task (the task is the lock owner)")
     return task
+
+
+def in_task() -> bool:
+    """Whether the caller runs inside an asyncio task (False outside a running loop, or in a loop callback)."""
+    try:
+        return asyncio.current_task() is not None
+    except RuntimeError:
+        return False
 
 
 def task_serial() -> int:
@@ -82,6 +115,8 @@ class Hold:
     view: Any = None  # the lock view whose ``on_lost`` is called
     lost: bool = False
     releasing: bool = False
+    units: int = 1  # permits of a semaphore hold
+    release_started: float | None = None  # first attempt of a release whose outcome is unknown (outage)
 
     def leased(self, sent_at: float, lease_ms: int) -> None:
         """A call sent at ``sent_at`` (re)started the lease: it lasts at least until ``sent_at + lease``."""
@@ -98,6 +133,7 @@ class HoldTable:
     _holds: dict[tuple[str, str], Hold] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _adds: int = 0
+    acquiring: set[tuple[str, str]] = field(default_factory=set)  # (spec key, holder) with an acquire under way
 
     def get(self, key: str, holder: str) -> Hold | None:
         return self._holds.get((key, holder))
@@ -116,6 +152,14 @@ class HoldTable:
         for k, h in list(self._holds.items()):
             if now > h.valid_until and not h.alive():
                 del self._holds[k]
+
+    def mark_lost(self, hold: Hold) -> bool:
+        """Mark ``hold`` lost; True only for the first caller (``on_lost`` fires once per hold)."""
+        with self._lock:
+            if hold.lost:
+                return False
+            hold.lost = True
+            return True
 
     def remove(self, hold: Hold) -> None:
         with self._lock:

@@ -9,24 +9,29 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from distkit._redis import Runner
 from distkit.errors import BackendUnavailableError, LockTimeoutError
-from distkit.locks.base import LocksBase, LockView
-from distkit.locks.holds import thread_alive, thread_serial
-from distkit.locks.ops import Call, Flow, drive
+from distkit.locks.base import LocksBase, LockView, kind_conflict
+from distkit.locks.holds import Hold, thread_alive, thread_serial
+from distkit.locks.ops import Call, Flow, Step
 from distkit.locks.waiters import Hub
-from distkit.locks.watchdog import Watchdog
+from distkit.locks.watchdog import CallbackThreads, Watchdog
 
 if TYPE_CHECKING:
+    from distkit.locks.multi import MultiLock
     from distkit.locks.semaphore import Semaphore
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 LockT = TypeVar("LockT", bound="Lock")
 
 
@@ -37,22 +42,37 @@ def unavailable(exc: BaseException) -> BackendUnavailableError:
     )
 
 
+def map_error(exc: BaseException, name: str) -> BaseException | None:
+    """The typed error for a Redis failure (None: raise ``exc`` as it is)."""
+    if isinstance(exc, BackendUnavailableError):
+        return None
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+        return unavailable(exc)
+    if isinstance(exc, ResponseError):
+        return kind_conflict(exc, name)
+    return None
+
+
 class Locks(LocksBase["Lock", "Semaphore"]):
     """Redisson-style locks over one redis-py client (``Redis`` or ``RedisCluster``).
 
     One ``Locks`` owns one pub/sub listener thread (shared by every waiter) and one watchdog thread (renewing
-    holds taken without ``lease_ms``), both started on first need and stopped by :meth:`close`, at interpreter
-    exit, and re-created in a forked child.
+    holds taken without a lease, plus its small expiry thread), started on first need and stopped by
+    :meth:`close`, at interpreter exit, and re-created in a forked child.
 
     Args:
         client: a redis-py ``Redis`` or ``RedisCluster``.
         namespace: prefix of every key (``{namespace:name}``).
-        lease_ms: the watchdog's lease: a hold whose owner dies expires at most this long after its last renewal
-            (renewals every ``lease_ms / 3``).
+        lease_ms / lease_s: the watchdog's lease (default 30 s): a hold whose owner dies expires at most this
+            long after its last renewal (renewals every lease / 3). Pass one of them, not both.
         waiter_ttl_ms: how long a waiter's place in a fair queue (or a waiting writer's claim) survives without
             being refreshed.
         linger_s: how long a wake-up channel stays subscribed after its last waiter left (the listener stops
             when none is left).
+        call_timeout_s: the deadline of a single Redis call that has none of its own (a try-lock, ``release``,
+            a state query, each attempt of an ``acquire`` without ``timeout``).
+        config_ttl_ms: how long a semaphore's adjusted permit count (``add_permits``, ``drain``) outlives its
+            last permit.
 
     >>> locks = Locks(redis.Redis(), namespace="app")                 # doctest: +SKIP
     >>> lock = locks.lock("order:42")                                 # doctest: +SKIP
@@ -64,17 +84,51 @@ class Locks(LocksBase["Lock", "Semaphore"]):
     semaphore_class: type[Semaphore]
 
     owner_fns = (thread_serial, thread_alive)  # the owner is the calling thread
-    hub_class, watchdog_class = Hub, Watchdog
+    hub_class, watchdog_class, runner_class = Hub, Watchdog, Runner
 
-    def _script(self, op: Call) -> Any:
-        return op.script(self.client, op.keys, op.args)
+    _callbacks: CallbackThreads | None = None  # made on the first loss (again in a forked child)
 
-    def run(self, flow: Flow[T]) -> T:
-        """Run a flow with blocking I/O; Redis connection errors become ``BackendUnavailableError``."""
+    def report_lost(self, hold: Hold) -> None:
+        callbacks = self._callbacks
+        if callbacks is None:
+            callbacks = self._callbacks = CallbackThreads(f"distkit-on-lost-{self.namespace}")
+        callbacks.submit(hold)
+
+    def _reset_io(self) -> None:
+        self._callbacks = None
+        super()._reset_io()
+
+    def run(self, flow: Flow[T], name: str = "") -> T:
+        """Run a flow with blocking I/O; outages become ``BackendUnavailableError``, ``WRONGTYPE`` a
+        ``LockConfigConflictError``."""
+        # drive, inlined with a fast path for script calls (the hot path: two per acquire + release cycle)
+        runner, execute = self.runner, self.execute
+        step = Step(flow)
         try:
-            return drive(flow, self.execute)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise unavailable(exc) from exc
+            while step.running:
+                op = step.op
+                try:
+                    if op.__class__ is Call:
+                        value = runner(op.script, op.keys, op.args, deadline=op.deadline)
+                    else:
+                        value = execute(op)
+                except BaseException as exc:  # handed to the flow, which cleans up and re-raises
+                    step.feed(None, exc)
+                else:
+                    step.feed(value, None)
+            return step.result
+        except (BackendUnavailableError, RedisConnectionError, RedisTimeoutError, OSError, ResponseError) as exc:
+            typed = map_error(exc, name)
+            if typed is None:
+                raise
+            raise typed from exc
+
+    def multi_lock(self, *locks: str | Lock) -> MultiLock:
+        """All-or-nothing over several locks (names or lock objects), taken in one global order (by key) so
+        two callers asking for the same set in different orders cannot deadlock (Redisson's ``RedissonMultiLock``)."""
+        from distkit.locks.multi import MultiLock
+
+        return MultiLock([self.lock(x) if isinstance(x, str) else x for x in locks])
 
     def close_threads(self) -> None:
         """Stop the watchdog and the pub/sub listener (holds are not released: they expire on their lease)."""
@@ -82,9 +136,13 @@ class Locks(LocksBase["Lock", "Semaphore"]):
         self.hub.close()
 
     def close(self) -> None:
-        """Stop background threads; further acquires raise. Held locks expire on their lease."""
+        """Stop background threads; further acquires raise :class:`~distkit.errors.LocksClosedError`, and so do
+        acquires blocked right now (a hold granted while closing is given back). Held locks expire on their
+        lease."""
         self.closed = True
+        self.hub.wake_all()
         self.close_threads()
+        self.runner.close()
 
     def __enter__(self) -> Locks:
         return self
@@ -94,29 +152,64 @@ class Locks(LocksBase["Lock", "Semaphore"]):
 
 
 class Lock(LockView):
-    """A reentrant lock (also each side of a read-write lock). Use as ``with lock:`` or
-    ``with lock(timeout=2):`` (raises :class:`~distkit.errors.LockTimeoutError`)."""
+    """A reentrant lock (also each side of a read-write lock). Use as ``with lock:``,
+    ``with lock(timeout=2):`` (raises :class:`~distkit.errors.LockTimeoutError`) or as a decorator
+    (``@locks.lock("x")``, ``@locks.lock("x")(timeout=2)``)."""
 
     _locks: Locks
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None, lease_ms: int | None = None) -> bool:
-        """Take the lock (again, if the caller holds it). ``lease_ms=None``: the watchdog keeps it alive while
-        the calling thread lives; an int: it expires after that long unless released. Returns False when not
-        acquired (``blocking=False``, or ``timeout`` seconds passed)."""
-        return self._locks.run(self._acquire(blocking, timeout, lease_ms))
+    def acquire(
+        self,
+        blocking: bool = True,
+        timeout: float | None = None,
+        lease_ms: int | None = None,
+        *,
+        lease_s: float | None = None,
+    ) -> bool:
+        """Take the lock (again, if the caller holds it). Without a lease the watchdog keeps it alive while
+        the calling thread lives; with ``lease_ms`` (milliseconds) or ``lease_s`` (seconds) it expires after
+        that long unless released. ``timeout`` is in seconds. Returns False when not acquired
+        (``blocking=False``, or ``timeout`` passed); returns or raises within ``timeout`` even when Redis is
+        unreachable."""
+        return self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name)
 
     def release(self) -> None:
         """Release one hold. Raises :class:`~distkit.errors.LockNotOwnedError` if the caller does not hold it,
-        :class:`~distkit.errors.LockLostError` if it expired or was deleted before this release."""
-        self._locks.run(self._release())
+        :class:`~distkit.errors.LockLostError` if it was lost before this release (it expired, or was
+        deleted and another owner took it): the hold is then dropped locally, without Redis."""
+        self._locks.run(self._release(), self.name)
+
+    def try_release(self) -> bool:
+        """Like :meth:`release`, but False instead of ``LockNotOwnedError`` / ``LockLostError``."""
+        return self._locks.run(self._release(quiet=True), self.name)
 
     def is_locked(self) -> bool:
         """Held by anyone (one round trip)."""
-        return self._locks.run(self._state())[0]
+        return self._locks.run(self._state(), self.name)[0]
 
     def is_held_by_current(self) -> bool:
         """Held by the calling thread, according to Redis (one round trip)."""
-        return self._locks.run(self._state())[1]
+        return self._locks.run(self._state(), self.name)[1]
+
+    def is_held_by(self, owner: str) -> bool:
+        """Held by ``owner`` (an id from :meth:`Locks.holder`, e.g. another thread's), according to Redis."""
+        return self._locks.run(self._state(owner), self.name)[1]
+
+    def remaining_lease_ms(self) -> int | None:
+        """Milliseconds until the lock expires unless renewed or released (Redisson's ``remainTimeToLive``);
+        None when nobody holds it."""
+        return self._locks.run(self._remaining(), self.name)
+
+    def extend(self, lease_ms: int | None = None, *, lease_s: float | None = None) -> None:
+        """Make the caller's hold expire ``lease_ms`` / ``lease_s`` from now (a watchdog hold is renewed with
+        that lease from then on). Raises ``LockNotOwnedError`` / ``LockLostError``."""
+        self._locks.run(self._extend(lease_ms, lease_s), self.name)
+
+    def force_unlock(self) -> bool:
+        """Administrative: free the lock whoever holds it and wake its waiters; True if it was held. The
+        holder finds out on its next renewal (``on_lost``) or release (``LockLostError`` if someone else took
+        it meanwhile)."""
+        return self._locks.run(self._force_unlock(), self.name)
 
     def __enter__(self: LockT) -> LockT:
         self.acquire()
@@ -125,10 +218,33 @@ class Lock(LockView):
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
 
+    @overload
+    def __call__(self, timeout: F, /) -> F: ...
+
+    @overload
+    def __call__(
+        self: LockT, timeout: float | None = None, lease_ms: int | None = None, *, lease_s: float | None = None
+    ) -> contextlib.AbstractContextManager[LockT]: ...
+
+    def __call__(self, timeout: Any = None, lease_ms: int | None = None, *, lease_s: float | None = None) -> Any:
+        """``with lock(timeout=2, lease_s=10):``: like ``with lock:`` but gives up after ``timeout`` seconds
+        (``LockTimeoutError``). ``@lock`` on a function runs each call under the lock; ``@lock(timeout=2)``
+        too, with a timeout."""
+        if callable(timeout):
+            return self._decorate(timeout)
+        return self._guard(timeout, lease_ms, lease_s)
+
+    def _decorate(self, fn: F) -> F:
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return locked  # type: ignore[return-value]
+
     @contextlib.contextmanager
-    def __call__(self: LockT, timeout: float | None = None, lease_ms: int | None = None) -> Iterator[LockT]:
-        """``with lock(timeout=2, lease_ms=10_000):``: like ``with lock:`` but gives up after ``timeout``."""
-        if not self.acquire(True, timeout, lease_ms):
+    def _guard(self: LockT, timeout: float | None, lease_ms: int | None, lease_s: float | None) -> Iterator[LockT]:
+        if not self.acquire(True, timeout, lease_ms, lease_s=lease_s):
             raise LockTimeoutError(f"{self.name!r} not acquired within {timeout} s; retry or raise the timeout")
         try:
             yield self

@@ -35,13 +35,14 @@ class Waiter:
     signal: Signal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class Call:
     """Run a Lua script; the flow receives its reply."""
 
     script: Script
     keys: Sequence[str | bytes]
     args: Sequence[str | bytes | int]
+    deadline: float | None = None  # time.monotonic() by which the call returns or raises (None: the default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Command:
     """Run one plain (read-only) Redis command; the flow receives its reply."""
 
     args: tuple[str | bytes | int, ...]
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class Subscribe:
 
     channel: str
     holder: str
+    deadline: float | None = None  # stop waiting for the subscription's confirmation by then
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +71,20 @@ class Wait:
 
 
 @dataclass(frozen=True, slots=True)
+class Sleep:
+    """Pause (the back-off between retries of an acquire during an outage)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribe:
     """Leave the wake-up channel; never raises."""
 
     waiter: Waiter
 
 
-Op = Call | Command | Subscribe | Wait | Unsubscribe
+Op = Call | Command | Subscribe | Wait | Sleep | Unsubscribe
 Flow = Generator[Op, Any, T]
 
 
@@ -97,25 +107,16 @@ class Step(Generic[T]):
             self.result: T = done.value
 
 
-def _outcome(execute: Callable[[Op], Any], op: Op) -> tuple[Any, BaseException | None]:
-    try:
-        return execute(op), None
-    except BaseException as exc:  # handed to the flow, which cleans up and re-raises
-        return None, exc
-
-
-async def _aoutcome(execute: Callable[[Op], Awaitable[Any]], op: Op) -> tuple[Any, BaseException | None]:
-    try:
-        return await execute(op), None
-    except BaseException as exc:  # CancelledError included: the flow leaves nothing behind, then re-raises
-        return None, exc
-
-
 def drive(flow: Flow[T], execute: Callable[[Op], Any]) -> T:
     """Run ``flow`` to completion with a blocking ``execute``."""
     step = Step(flow)
     while step.running:
-        step.feed(*_outcome(execute, step.op))
+        try:
+            value = execute(step.op)
+        except BaseException as exc:  # handed to the flow, which cleans up and re-raises
+            step.feed(None, exc)
+        else:
+            step.feed(value, None)
     return step.result
 
 
@@ -123,5 +124,10 @@ async def adrive(flow: Flow[T], execute: Callable[[Op], Awaitable[Any]]) -> T:
     """Run ``flow`` to completion with an awaitable ``execute`` (cancellation is thrown into the flow)."""
     step = Step(flow)
     while step.running:
-        step.feed(*await _aoutcome(execute, step.op))
+        try:
+            value = await execute(step.op)
+        except BaseException as exc:  # CancelledError included: the flow leaves nothing behind, then re-raises
+            step.feed(None, exc)
+        else:
+            step.feed(value, None)
     return step.result

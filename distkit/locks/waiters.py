@@ -41,6 +41,13 @@ POLL_S = 0.25  # listener read timeout: how often it looks at stop / idle
 IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def _ack_wait(deadline: float | None) -> float:
+    """How long a new waiter waits for its SUBSCRIBE confirmation: ACK_TIMEOUT_S, or less near its deadline."""
+    if deadline is None:
+        return ACK_TIMEOUT_S
+    return max(0.0, min(ACK_TIMEOUT_S, deadline - time.monotonic()))
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -116,6 +123,11 @@ class SubscriptionBook:
         while self._acks:
             self._acks.popleft().confirmed.set()
 
+    def wake_all(self) -> None:
+        for state in self.channels.values():
+            for waiter in state.waiters:
+                waiter.signal.set()
+
     def reset(self) -> list[str]:
         """After a reconnect: wake every waiter (messages may have been missed) and return the channels to
         subscribe again."""
@@ -184,7 +196,12 @@ class Hub(_HubBase):
     def thread(self) -> threading.Thread | None:
         return self._thread
 
-    def subscribe(self, channel: str, holder: str) -> Waiter:
+    def wake_all(self) -> None:
+        """Wake every blocked acquire (``close()``: they re-check, see the factory closed and raise)."""
+        with self._lock:
+            self.book.wake_all()
+
+    def subscribe(self, channel: str, holder: str, deadline: float | None = None) -> Waiter:
         waiter = Waiter(channel, holder, threading.Event())
         try:
             with self._lock:
@@ -194,7 +211,7 @@ class Hub(_HubBase):
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                     self._thread.start()
-            confirmed.wait(ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+            confirmed.wait(_ack_wait(deadline))  # type: ignore[attr-defined]
         except BaseException:  # interrupted (KeyboardInterrupt): the caller never gets the waiter to leave
             self.unsubscribe(waiter)
             raise
@@ -206,6 +223,10 @@ class Hub(_HubBase):
 
     def wait(self, waiter: Waiter, seconds: float) -> None:
         waiter.signal.wait(seconds)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
 
     def _send(self, *args: str) -> None:
         try:
@@ -292,13 +313,16 @@ class AsyncHub(_HubBase):
     def task(self) -> asyncio.Task[None] | None:
         return self._task
 
-    async def subscribe(self, channel: str, holder: str) -> Waiter:
+    def wake_all(self) -> None:
+        self.book.wake_all()
+
+    async def subscribe(self, channel: str, holder: str, deadline: float | None = None) -> Waiter:
         waiter = Waiter(channel, holder, asyncio.Event())
         joining = self._background(self._join(waiter))
         try:
             confirmed = await asyncio.shield(joining)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(confirmed.wait(), ACK_TIMEOUT_S)  # type: ignore[attr-defined]
+                await asyncio.wait_for(confirmed.wait(), _ack_wait(deadline))  # type: ignore[attr-defined]
         except BaseException:  # cancelled: once the join is through (it is shielded), undo it
             joining.add_done_callback(lambda _: self._background(self._leave(waiter)))
             raise
@@ -327,6 +351,10 @@ class AsyncHub(_HubBase):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     async def wait(self, waiter: Waiter, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

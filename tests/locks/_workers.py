@@ -99,3 +99,17 @@ def queue_on_fair_lock(kind: str, namespace: str, waiter_ttl_ms: int) -> None:
     client = make_client(kind)
     locks = Locks(client, namespace=namespace, waiter_ttl_ms=waiter_ttl_ms)
     locks.fair_lock("fifo").acquire(timeout=60)
+
+
+def take_permits(kind: str, namespace: str, permits: int, out: Any) -> None:
+    """Another process configured with ``permits``: report how many permits it could take (or the error)."""
+    client = make_client(kind)
+    with Locks(client, namespace=namespace) as locks:
+        sem = locks.semaphore("pool", permits=permits, lease_ms=10_000)
+        taken = 0
+        try:
+            while sem.acquire(blocking=False) is not None:
+                taken += 1
+            out.put(("taken", taken, sem.available()))
+        except Exception as exc:
+            out.put((type(exc).__name__, taken, -1))

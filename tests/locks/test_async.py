@@ -68,10 +68,14 @@ async def test_cancelled_waiter_leaves_no_queue_entry_and_no_subscription(
 ) -> None:
     fair = alocks.fair_lock("cancel-me")
     await fair.acquire()
-    waiter = asyncio.create_task(fair.acquire())
+
+    async def other_task() -> bool:  # a task of its own: acquire() takes the owner where it is called
+        return await fair.acquire()
+
+    waiter = asyncio.create_task(other_task())
     queue = key(namespace, "cancel-me", "queue")
     await apoll(lambda: aclient.llen(queue))
-    assert alocks.hub.subscribed_channels == {fair._spec.channel}
+    await apoll(lambda: alocks.hub.subscribed_channels == {fair._spec.channel})  # queued first, then subscribed
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -160,7 +164,10 @@ async def test_rw_lock_and_semaphore_async(alocks: AsyncLocks) -> None:
 
         assert await asyncio.create_task(reader())
     async with rw.write_lock(), rw.read_lock():  # downgrade
-        assert await asyncio.create_task(rw.read_lock().acquire(blocking=False)) is False
+        async def try_read() -> bool:
+            return await rw.read_lock().acquire(blocking=False)
+
+        assert await asyncio.create_task(try_read()) is False
 
     sem = alocks.semaphore("pool", permits=2, lease_ms=5_000)
     a, b = await sem.acquire(), await sem.acquire()

@@ -86,8 +86,7 @@ def test_not_held_otherwise_is_a_lost_lock(count: int, valid_for: float, lost: b
     table.add(hold)
     with pytest.raises(LockLostError, match="no longer held"):
         flows.settle_release(table, hold, NOT_HELD, time.monotonic())
-    assert hold.count == count - 1 and hold.lost
-    assert (len(table) == 0) == (count == 1)
+    assert hold.count == 0 and len(table) == 0, "a lost hold is dropped with every reentrant level"
 
 
 def test_count_mismatch_is_reported() -> None:
@@ -124,7 +123,7 @@ def _scripted(replies: list[Any], fail_on: type, error: BaseException) -> tuple[
 
 def test_interrupted_wait_leaves_the_queue_and_unsubscribes() -> None:
     seen, execute = _scripted([[0, 500], [0, 500]], Wait, KeyboardInterrupt())
-    flow = flows.acquire(_ctx(), FAIR, "me", None, blocking=True, timeout=None, lease_ms=None)
+    flow = flows.acquire(_ctx(), FAIR, "me", lambda: True, None, blocking=True, timeout=None, lease_ms=None)
     with pytest.raises(KeyboardInterrupt):
         drive(flow, execute)
     kinds = [type(op).__name__ if not isinstance(op, Call) else op.script.name for op in seen]
@@ -137,7 +136,7 @@ async def test_cancelled_attempt_in_flight_is_undone() -> None:
     async def aexecute(op: Any) -> Any:
         return execute(op)
 
-    flow = flows.acquire(_ctx(), FAIR, "me", None, blocking=True, timeout=None, lease_ms=None)
+    flow = flows.acquire(_ctx(), FAIR, "me", lambda: True, None, blocking=True, timeout=None, lease_ms=None)
     with pytest.raises(asyncio.CancelledError):
         await adrive(flow, aexecute)
     undo = [op for op in seen if isinstance(op, Call) and op.script is LOCK_RELEASE]
@@ -158,7 +157,7 @@ def test_cancelled_right_after_the_grant_gives_the_lock_back() -> None:
             raise asyncio.CancelledError
         return replies.pop(0) if op.script is LOCK_ACQUIRE else FREED
 
-    flow = flows.acquire(ctx, SPEC, "me", None, blocking=True, timeout=None, lease_ms=None)
+    flow = flows.acquire(ctx, SPEC, "me", lambda: True, None, blocking=True, timeout=None, lease_ms=None)
     with pytest.raises(asyncio.CancelledError):
         drive(flow, execute)
     give_back = seen[-1]
@@ -233,7 +232,8 @@ def test_planner_drops_dead_owners_and_renews_the_living() -> None:
     dead.holder, leased.holder = "dead", "leased"
     for h in (living, dead, leased):
         table.add(h)
-    batch, _ = RenewalPlanner(table, 3_000).due(time.monotonic())
+    batch, _, lost = RenewalPlanner(table, 3_000).due(time.monotonic())
+    assert lost == []
     assert [h for h, _ in batch[next(iter(batch))]] == [living]
     assert table.snapshot() == [living, leased], "a dead owner's hold is dropped, not renewed"
 
@@ -290,3 +290,65 @@ def test_local_count_matches_redis_under_retried_calls(redis_client: Any, ops: l
         while lock.hold_count:
             lock.release()
         assert not redis_client.exists(lock_key)
+
+
+# ------------------------------------------------------------------ issue 13: pure decisions
+
+
+def test_release_meeting_another_owner_is_lost_on_a_first_attempt_and_benign_after_a_retry() -> None:
+    table, hold = HoldTable(), make_hold()
+    table.add(hold)
+    started = time.monotonic()
+    server_now = 1_800_000_000_000_000
+    # first attempt (sent == started): any other owner took the lock before this release ran
+    with pytest.raises(LockLostError, match="another owner"):
+        flows.settle_release(table, hold, [-3, str(server_now - 10), str(server_now)], started, sent=started)
+    assert len(table) == 0
+    hold = make_hold()
+    table.add(hold)
+    # a retry 0.5 s after the first attempt: an owner that took it 0.2 s ago came after our first attempt
+    first = started - 0.5
+    flows.settle_release(table, hold, [-3, str(server_now - 200_000), str(server_now)], first, sent=started)
+    assert len(table) == 0, "taken as our earlier release having freed it"
+    hold = make_hold()
+    table.add(hold)
+    with pytest.raises(LockLostError):  # ... but one that took it before the first attempt: lost
+        flows.settle_release(table, hold, [-3, str(server_now - 900_000), str(server_now)], first, sent=started)
+
+
+def test_planner_reports_a_lease_that_ran_out_unrenewed_once() -> None:
+    table = HoldTable()
+    expired, fresh = make_hold(valid_for=-0.01), make_hold(valid_for=10.0)
+    fresh.holder = "fresh"
+    table.add(expired)
+    table.add(fresh)
+    planner = RenewalPlanner(table, 3_000)
+    lost, wake = planner.expired(time.monotonic())
+    assert lost == [expired] and expired.lost and wake <= fresh.valid_until
+    assert planner.expired(time.monotonic())[0] == [], "reported once"
+    _, _, lost_again = planner.due(time.monotonic())
+    assert lost_again == []
+    assert RenewalPlanner.deadline([(fresh, None), (expired, None)]) == expired.valid_until
+
+
+def test_lease_units_and_key_escaping() -> None:
+    from distkit.errors import InvalidArgumentError
+    from distkit.locks.specs import object_key
+
+    assert flows.lease_of(None, 1.5) == 1_500 and flows.lease_of(250, None) == 250
+    assert flows.lease_of(None, None) is None
+    for bad in ((1, 1.0), (None, 0), (None, float("nan")), (10**20, None), (None, True)):
+        with pytest.raises(InvalidArgumentError):
+            flows.lease_of(*bad)  # type: ignore[arg-type]
+    assert object_key("app", "order:42") == "{app:order:42}"
+    assert object_key("a:b", "c") == "{a%3Ab:c}" != object_key("a", "b:c") == "{a:b:c}"
+    assert object_key("a", "100%") == "{a:100%25}" != object_key("a", "100%25")
+
+
+@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12),
+       st.text(min_size=1, max_size=12))
+def test_distinct_namespace_name_pairs_never_share_a_key(ns1: str, n1: str, ns2: str, n2: str) -> None:
+    from distkit.locks.specs import object_key
+
+    if (ns1, n1) != (ns2, n2):
+        assert object_key(ns1, n1) != object_key(ns2, n2)
