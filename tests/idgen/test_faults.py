@@ -228,3 +228,23 @@ def test_the_marks_hash_key_is_the_one_flushed(redis_store):
     marks = key("idgen", redis_store.namespace, "hw")
     assert redis_store.client.hexists(marks, "init") and redis_store.client.pttl(marks) > 0
     gen.close()
+
+
+def test_no_timestamp_beyond_the_known_valid_deadline_even_after_a_takeover(store):
+    """4, deterministic: the clock jumps far past an old holder's deadline after its record was taken over; its
+    next id must be refused (read the clock, compare with the deadline), not issued at the successor's time."""
+    from distkit.errors import WorkerLeaseLostError
+    from tests.fakeclock import FakeClock
+
+    clock = FakeClock(_real_ms())
+    old = Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=1.0), clock=clock)
+    before = old.next_ids(100)
+    store.expire(0)
+    successor = Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=1.0), clock=clock)
+    clock.advance(5000)  # far beyond what the old holder's last renewal covers
+    after = successor.next_ids(100)
+    with pytest.raises(WorkerLeaseLostError):
+        old.next_id()
+    assert duplicates(before + after) == 0 and max(before) < min(after)
+    successor.close()
+    old.close()
