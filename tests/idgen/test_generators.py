@@ -324,3 +324,16 @@ def test_a_timestamp_beyond_the_limit_is_never_issued():
     for _ in range(3):
         with pytest.raises(TimestampExhaustedError):
             gen.next_id()
+
+
+@pytest.mark.parametrize("max_ahead_ms", [None, 2000])
+def test_static_butterfly_restarted_at_once_repeats_nothing(max_ahead_ms):
+    """3: a burst (frozen clock: all of it "runs ahead"), close, and a new incarnation on the same worker id right
+    away. Before: the first ran 2 s ahead and the second started at "now": 2 s of ids repeated."""
+    clock = FakeClock(EPOCH + 100_000)
+    first = Butterfly(worker_id=5, epoch_ms=EPOCH, clock=clock, max_ahead_ms=max_ahead_ms)
+    a = first.next_ids(512 * 300)
+    first.close()
+    second = Butterfly(worker_id=5, epoch_ms=EPOCH, clock=clock, max_ahead_ms=max_ahead_ms)
+    b = second.next_ids(512 * 300)
+    assert len(set(a) & set(b)) == 0
