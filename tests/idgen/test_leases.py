@@ -226,3 +226,25 @@ def test_dropped_generator_releases_its_worker_id(store):
         time.sleep(0.05)
     assert store.held() == 0
     assert not [t for t in threading.enumerate() if t.name == f"distkit-idgen-lease-{store.namespace}"]
+
+
+def test_store_unreachable_stops_the_holder_by_its_deadline(private_redis, namespace):
+    lost: list[str] = []
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=0.5)
+    gen = Snowflake.from_lease(RedisWorkerLease(client, namespace, max_worker_id=0, ttl_s=1.0, on_lost=lost.append))
+    gen.next_id()
+    private_redis.stop()
+    t0 = time.monotonic()
+    issued_after = 0
+    while time.monotonic() - t0 < 5:
+        try:
+            gen.next_id()
+            issued_after += 1
+        except WorkerLeaseLostError:
+            break
+    assert time.monotonic() - t0 <= 1.0 + 0.2  # last renewal + ttl - margin, never later
+    assert issued_after > 0 and len(lost) == 1
+    with pytest.raises(WorkerLeaseLostError):
+        gen.next_id()
+    gen.close()
+    client.close()
