@@ -63,11 +63,20 @@ def burst_crash(cfg: dict[str, Any]) -> None:
     """Issue a few ids, stay idle for a while, burst right after a renewal, then die by SIGKILL."""
     from distkit.idgen import Snowflake
 
-    gen = Snowflake.from_lease(make_lease(cfg))
+    lease = make_lease(cfg)
+    gen = Snowflake.from_lease(lease)
     ids = [gen.next_id() for _ in range(10)]
     time.sleep(cfg["idle_s"])
+
+    def renewed() -> float:
+        return float(getattr(lease, "_valid_until", None) or lease._deadline)
+
+    before = renewed()
+    while renewed() == before:  # burst right after a renewal: the next one would come after the crash
+        time.sleep(0.001)
     burst = gen.next_ids(cfg["burst"] // 2) + [gen.next_id() for _ in range(cfg["burst"] // 2)]
-    _write(cfg, ids=ids + burst, burst_first=burst[0])
+    fd = os.open(cfg["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.write(fd, json.dumps({"ids": ids + burst, "burst_first": burst[0]}).encode())  # in the page cache
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -154,7 +154,7 @@ def test_leased_generators_never_repeat_an_id_under_any_interleaving(request, na
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=12,
+            max_examples=9,
             stateful_step_count=20,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
