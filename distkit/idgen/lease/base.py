@@ -22,6 +22,7 @@ The invariant that keeps ids unique across holders of one worker id:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -49,6 +50,7 @@ OnLost = Callable[[str], None]
 _LEASES: weakref.WeakSet[WorkerLease] = weakref.WeakSet()
 
 
+@functools.cache
 def _outage_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [BackendUnavailableError, OSError]
     try:
