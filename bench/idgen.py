@@ -62,7 +62,7 @@ def main() -> None:
     ]
     if leased is not None:
         singles.append(("leased", _singles(leased[1])))
-    single = best_rates(singles, per_call=_N)
+    single = best_rates(singles, per_call=_N, rounds=8, seconds=4)
     batch = best_rates([("sf4096", lambda: gen.next_ids(4096))], per_call=4096, rounds=3, seconds=1.5)
     bf_batch = best_rates([("bf512", lambda: bf.next_ids(512))], per_call=512, rounds=3, seconds=1.5)
 
