@@ -115,7 +115,8 @@ class WorkerLease:
         self._active = False
         self._valid_until = 0.0  # monotonic: after it, without a newer renewal, the lease is presumed lost
         self._not_before = 0.0  # monotonic: no id before it (the store's marks were lost: wait one ttl)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # state; never held across a store call
+        self._renew_lock = threading.Lock()  # one renewal at a time (heartbeat thread or inline)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._gen: weakref.ref[IdGenerator] | None = None
@@ -239,32 +240,41 @@ class WorkerLease:
             )
 
     def _renew_once(self, gen: IdGenerator) -> bool:
-        """One renewal: read the clocks, persist ``w + ttl``, then (on success) raise the generator's limit."""
-        lost: str | None = None
-        with self._lock:
-            if not self._active or self._lost is not None or not self._token:
-                return False
-            started = time.monotonic()
-            if started >= self._valid_until:
-                lost = f"no successful renewal for {self.ttl_ms - self.margin_ms} ms (store unreachable?)"
-            else:
-                w = gen._lease_clock()
-                try:
-                    ok = self._renew(self.worker_id, self._token, w + gen.epoch_ms + self.ttl_ms, self._valid_until)
-                except _outage_errors() as exc:  # keep trying until the deadline passes
-                    log.warning(
-                        "worker-id lease renewal failed (%s); lease presumed lost in %.2f s",
-                        exc,
-                        max(0.0, self._valid_until - time.monotonic()),
-                    )
+        """One renewal: read the clocks, persist ``w + ttl``, then (on success) raise the generator's limit.
+
+        Renewals are serialised by ``_renew_lock`` (held across the store call); the state lock ``_lock`` is never
+        held across I/O, so marking the lease lost at its deadline never waits for a slow store."""
+        with self._renew_lock:
+            lost: str | None = None
+            with self._lock:
+                if not self._active or self._lost is not None or not self._token:
                     return False
-                if ok:
-                    self._valid_until = started + (self.ttl_ms - self.margin_ms) / 1000
-                    gen._set_limit(w + self.ttl_ms - self.margin_ms)
-                    return True
-                lost = "the lease record expired or was taken by another process"
-        self._set_lost(lost)
-        return False
+                started = time.monotonic()
+                worker_id, token, deadline = self.worker_id, self._token, self._valid_until
+                if started >= deadline:
+                    lost = f"no successful renewal for {self.ttl_ms - self.margin_ms} ms (store unreachable?)"
+            if lost is not None:
+                self._set_lost(lost)
+                return False
+            w = gen._lease_clock()
+            try:
+                ok = self._renew(worker_id, token, w + gen.epoch_ms + self.ttl_ms, deadline)
+            except _outage_errors() as exc:  # keep trying until the deadline passes
+                log.warning(
+                    "worker-id lease renewal failed (%s); lease presumed lost in %.2f s",
+                    exc,
+                    max(0.0, deadline - time.monotonic()),
+                )
+                return False
+            if not ok:
+                self._set_lost("the lease record expired or was taken by another process")
+                return False
+            with self._lock:  # the same lock as _set_lost and _deactivate: a lost or closed lease stays so
+                if not self._active or self._lost is not None or self._token != token:
+                    return False
+                self._valid_until = max(self._valid_until, started + (self.ttl_ms - self.margin_ms) / 1000)
+                gen._set_limit(w + self.ttl_ms - self.margin_ms)
+            return True
 
     def _set_lost(self, reason: str) -> None:
         with self._lock:
@@ -273,8 +283,8 @@ class WorkerLease:
             self._lost = reason
             self._stop.set()
             gen = self._gen() if self._gen is not None else None
-        if gen is not None:
-            gen._lease_lost()
+            if gen is not None:
+                gen._lease_lost()
         log.error("worker-id lease lost: namespace=%s worker_id=%s: %s", self.namespace, self.worker_id, reason)
         if self.on_lost is not None:
             try:
@@ -329,6 +339,7 @@ class WorkerLease:
     def _after_fork_in_child(self) -> None:
         """The child holds nothing: forget the parent's token (never release or renew it from here)."""
         self._lock = threading.Lock()
+        self._renew_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
         self._token = ""
