@@ -73,6 +73,34 @@ class ForkedGeneratorError(IdGenError):
     """A generator with a static worker id was used in a forked child, which would duplicate the parent."""
 
 
+class InvalidRollbackPolicyError(IdGenError, InvalidArgumentError):
+    """``rollback=`` is not a :class:`~distkit.idgen.RollbackPolicy`."""
+
+
+class InvalidTimeLimitError(IdGenError, InvalidArgumentError):
+    """``max_rollback_wait_ms`` / ``max_ahead_ms`` is not an int >= 0."""
+
+
+class InvalidCountError(IdGenError, InvalidArgumentError):
+    """``next_ids(n)`` with ``n`` that is not an int >= 0."""
+
+
+class InvalidIdError(IdGenError, InvalidArgumentError):
+    """A value to decode that is not a non-negative 63-bit int (``bool`` included: ``True`` is not an id)."""
+
+
+class InvalidLeaseConfigError(IdGenError, InvalidArgumentError):
+    """A worker-id lease built with an empty namespace, a ttl <= 0 or a bad ``max_worker_id``."""
+
+
+class GeneratorClosedError(IdGenError):
+    """``next_id`` on a generator after ``close()`` (also in a child forked after the close)."""
+
+
+class ChildWorkerLeaseError(WorkerLeaseLostError):
+    """A forked child could not lease a worker id of its own; its generator refuses every id (cause chained)."""
+
+
 # --------------------------------------------------------------------------- locks
 
 

@@ -12,7 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from distkit.errors import InvalidArgumentError, InvalidLayoutError
+from distkit.errors import InvalidEpochError, InvalidIdError, InvalidLayoutError
 
 TWITTER_EPOCH_MS = 1288834974657  # 2010-11-04T01:42:54.657Z, Twitter Snowflake's epoch
 DEFAULT_EPOCH_MS = TWITTER_EPOCH_MS
@@ -120,7 +120,17 @@ LAYOUTS = {"snowflake": SNOWFLAKE, "butterfly": BUTTERFLY}
 
 def decode(value: int, layout: Layout = SNOWFLAKE, epoch_ms: int = DEFAULT_EPOCH_MS) -> IdParts:
     """Decode an id made with ``layout`` and ``epoch_ms``."""
-    if not isinstance(value, int) or value < 0 or value >= 1 << 63:
-        raise InvalidArgumentError(f"an id is a non-negative 63-bit int, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << 63:
+        raise InvalidIdError(f"an id is a non-negative 63-bit int (0 <= id < 2**63), got {value!r}")
+    if not isinstance(layout, Layout):
+        raise InvalidLayoutError(f"layout must be a distkit.idgen.Layout, got {type(layout).__name__}")
+    check_epoch(epoch_ms)
     ts, dc, worker, seq = layout.split(value)
     return IdParts(timestamp_ms=ts + epoch_ms, datacenter_id=dc, worker_id=worker, sequence=seq)
+
+
+def check_epoch(epoch_ms: object) -> int:
+    """``epoch_ms`` as an int (unix ms), or :class:`~distkit.errors.InvalidEpochError`."""
+    if not isinstance(epoch_ms, int) or isinstance(epoch_ms, bool) or epoch_ms < 0:
+        raise InvalidEpochError(f"epoch_ms must be an int >= 0 (unix milliseconds), got {epoch_ms!r}")
+    return epoch_ms

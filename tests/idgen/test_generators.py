@@ -196,3 +196,144 @@ def test_timestamp_exhaustion_is_explicit_and_visible_in_advance():
     with pytest.raises(TimestampExhaustedError):
         Snowflake(worker_id=1, epoch_ms=EPOCH, layout=layout, clock=clock)
     assert Snowflake(worker_id=1).exhausts_at.year == 2080
+
+
+class _StepBackOnSleep(FakeClock):
+    """A clock that NTP steps back an hour the first time the generator sleeps on it."""
+
+    def __init__(self, start_ms: int) -> None:
+        super().__init__(start_ms)
+        self.stepped = False
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        if not self.stepped:
+            self.stepped = True
+            self.advance(-3_600_000)
+
+
+def test_wait_rechecks_after_sleeping_and_raises_if_the_clock_stepped_back_again():
+    """10: a <= 5 ms rollback wait must not turn into an hour's sleep when the clock steps back during it."""
+    clock = _StepBackOnSleep(EPOCH + 10_000_000)
+    gen = Snowflake(worker_id=1, epoch_ms=EPOCH, clock=clock, rollback=RollbackPolicy.WAIT, max_rollback_wait_ms=5)
+    gen.next_id()
+    clock.advance(-3)
+    with pytest.raises(ClockMovedBackwardsError, match="3600"):
+        gen.next_id()
+    assert sum(clock.sleeps) < 0.01  # slept ~3 ms, never the hour
+    seq_clock = _StepBackOnSleep(EPOCH + 10_000_000)  # the same during a sequence-wrap wait
+    gen = Snowflake(worker_id=1, epoch_ms=EPOCH, clock=seq_clock)
+    with pytest.raises(ClockMovedBackwardsError):
+        gen.next_ids(4097)
+    assert sum(seq_clock.sleeps) < 0.01
+
+
+def test_each_bad_argument_has_its_own_typed_error():
+    """11: layout, policy, limits, counts, epochs and decode inputs each raise their own InvalidArgumentError."""
+    from distkit.errors import (
+        InvalidCountError,
+        InvalidIdError,
+        InvalidRollbackPolicyError,
+        InvalidTimeLimitError,
+    )
+
+    with pytest.raises(InvalidLayoutError):
+        Snowflake(worker_id=1, layout="snowflake")
+    with pytest.raises(InvalidRollbackPolicyError):
+        Snowflake(worker_id=1, rollback="wait")
+    with pytest.raises(InvalidTimeLimitError):
+        Snowflake(worker_id=1, max_rollback_wait_ms=-1)
+    with pytest.raises(InvalidTimeLimitError):
+        Butterfly(worker_id=1, max_ahead_ms=-5)
+    with pytest.raises(InvalidCountError):
+        Snowflake(worker_id=1).next_ids(-1)
+    with pytest.raises(InvalidCountError):
+        Snowflake(worker_id=1).next_ids(2.0)
+    with pytest.raises(InvalidEpochError):
+        Snowflake(worker_id=1, epoch_ms="x")
+    for bad in (True, -5, 1 << 63, "12"):
+        with pytest.raises(InvalidIdError):
+            decode(bad)
+    for cls in (InvalidCountError, InvalidIdError, InvalidRollbackPolicyError, InvalidTimeLimitError):
+        assert issubclass(cls, InvalidArgumentError) and not issubclass(cls, InvalidWorkerIdError)
+
+
+def test_no_hook_per_generator_or_lease_and_dropped_generators_are_freed(monkeypatch):
+    """12: one module-level fork hook over a WeakSet; creating generators registers nothing."""
+    import atexit
+    import gc
+    import os
+
+    from distkit.idgen import generator
+    from distkit.idgen.lease.base import WorkerLease
+
+    registered: list[object] = []
+    monkeypatch.setattr(os, "register_at_fork", lambda **kw: registered.append(kw))
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **kw: registered.append(fn))
+    gc.collect()
+    before = len(generator._LIVE)
+    for i in range(20_000):
+        Snowflake(worker_id=i % 32)
+        Butterfly(worker_id=i % 8192)
+    for _ in range(100):
+        WorkerLease(namespace="n", max_worker_id=1, ttl_s=1, on_lost=None)
+    gc.collect()
+    assert registered == []
+    assert len(generator._LIVE) == before
+
+
+def test_static_butterfly_never_runs_ahead_unless_asked_and_then_waits_at_start():
+    """3 (library side): without a lease nothing persists how far a Butterfly ran ahead, so by default it does not
+    run ahead at all; an explicit max_ahead_ms is waited out once at start instead."""
+    clock = FakeClock(EPOCH + 1000)
+    gen = Butterfly(worker_id=1, epoch_ms=EPOCH, clock=clock)
+    for value in gen.next_ids(512 * 50):  # 50 ms worth of sequence at a frozen clock
+        assert gen.decode(value).timestamp_ms <= clock()
+    assert gen.max_ahead_ms == 0
+    t0 = clock()
+    ahead = Butterfly(worker_id=1, epoch_ms=EPOCH, clock=clock, max_ahead_ms=300)
+    assert clock() - t0 >= 300  # waited out where a previous incarnation may have reached
+    start = clock()
+    assert max(ahead.decode(v).timestamp_ms for v in ahead.next_ids(512 * 100)) <= start + 300
+
+
+def test_static_close_waits_past_the_last_timestamp_then_refuses_ids():
+    from distkit.errors import GeneratorClosedError
+
+    clock = FakeClock(EPOCH + 1000)
+    gen = Snowflake(worker_id=1, epoch_ms=EPOCH, clock=clock)
+    last = gen.next_id()
+    gen.close()
+    assert clock() > gen.decode(last).timestamp_ms  # a restart on this worker id starts later
+    with pytest.raises(GeneratorClosedError):
+        gen.next_id()
+    with pytest.raises(GeneratorClosedError):
+        gen.next_ids(3)
+    with Snowflake(worker_id=2) as g:
+        g.next_id()
+    assert g.closed
+
+
+def test_a_timestamp_beyond_the_limit_is_never_issued():
+    """The limit is compared after the clock read: a static generator at its layout's end raises, never wraps."""
+    layout = Layout(timestamp_bits=20, datacenter_bits=0, worker_bits=10, sequence_bits=33)
+    clock = FakeClock(EPOCH + (1 << 20) - 1)
+    gen = Snowflake(worker_id=1, epoch_ms=EPOCH, layout=layout, clock=clock)
+    gen.next_id()
+    clock.advance(1)
+    for _ in range(3):
+        with pytest.raises(TimestampExhaustedError):
+            gen.next_id()
+
+
+@pytest.mark.parametrize("max_ahead_ms", [None, 2000])
+def test_static_butterfly_restarted_at_once_repeats_nothing(max_ahead_ms):
+    """3: a burst (frozen clock: all of it "runs ahead"), close, and a new incarnation on the same worker id right
+    away. Before: the first ran 2 s ahead and the second started at "now": 2 s of ids repeated."""
+    clock = FakeClock(EPOCH + 100_000)
+    first = Butterfly(worker_id=5, epoch_ms=EPOCH, clock=clock, max_ahead_ms=max_ahead_ms)
+    a = first.next_ids(512 * 300)
+    first.close()
+    second = Butterfly(worker_id=5, epoch_ms=EPOCH, clock=clock, max_ahead_ms=max_ahead_ms)
+    b = second.next_ids(512 * 300)
+    assert len(set(a) & set(b)) == 0

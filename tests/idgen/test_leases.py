@@ -4,40 +4,28 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 
 import pytest
+import redis
 
 from distkit._redis import key
 from distkit.errors import (
     ClockMovedBackwardsError,
     ForkedGeneratorError,
+    InvalidLeaseConfigError,
+    InvalidWorkerIdError,
     WorkerIdExhaustedError,
     WorkerLeaseLostError,
 )
-from distkit.idgen import Butterfly, RedisWorkerLease, Snowflake, SqlWorkerLease
+from distkit.idgen import Butterfly, RedisWorkerLease, Snowflake
+from distkit.idgen.lease import redis as redis_lease
 from tests.fakeclock import FakeClock
 from tests.idgen._workers import generate
 
 
-@pytest.fixture(params=["redis", "sql"])
-def make_lease(request, namespace):
-    leases = []
-
-    def make(**kw):
-        if request.param == "redis":
-            lease = RedisWorkerLease(request.getfixturevalue("redis_client"), namespace=namespace, **kw)
-        else:
-            lease = SqlWorkerLease(request.getfixturevalue("pg_engine"), namespace=namespace, **kw)
-        leases.append(lease)
-        return lease
-
-    make.kind = request.param
-    yield make
-    for lease in leases:
-        lease.close()
-
-
+@pytest.mark.slow
 def test_eight_processes_four_redis_four_sql_zero_collisions(
     redis_url, database_url, pg_engine, pg_schema, namespace, tmp_path
 ):
@@ -63,27 +51,20 @@ def test_eight_processes_four_redis_four_sql_zero_collisions(
     assert len(all_ids) == 400_000 == len(set(all_ids))  # zero collisions
 
 
-def test_all_ids_taken_is_a_clear_error(make_lease):
-    a, b = make_lease(max_worker_id=1, ttl_s=10), make_lease(max_worker_id=1, ttl_s=10)
+def test_all_ids_taken_is_a_clear_error(store):
+    a, b = store.lease(max_worker_id=1), store.lease(max_worker_id=1)
     assert {a.acquire(), b.acquire()} == {0, 1}
     with pytest.raises(WorkerIdExhaustedError, match="all 2 worker ids"):
-        make_lease(max_worker_id=1, ttl_s=10).acquire()
+        store.lease(max_worker_id=1).acquire()
     b.close()
-    assert make_lease(max_worker_id=1, ttl_s=10).acquire() == b.worker_id  # released ids are reusable
+    assert store.lease(max_worker_id=1).acquire() == b.worker_id  # released ids are reusable
 
 
-def test_lease_removed_under_a_running_generator_stops_it_within_ttl(make_lease, redis_client, pg_engine):
+def test_lease_removed_under_a_running_generator_stops_it_within_ttl(store):
     lost: list[str] = []
-    lease = make_lease(max_worker_id=15, ttl_s=1.5, on_lost=lost.append)
-    gen = Snowflake.from_lease(lease)
+    gen = Snowflake.from_lease(store.lease(max_worker_id=15, ttl_s=1.0, on_lost=lost.append))
     gen.next_id()
-    if make_lease.kind == "redis":
-        redis_client.delete(f"{key('idgen', lease.namespace)}:w:{lease.worker_id}")
-    else:
-        from sqlalchemy import update
-
-        with pg_engine.begin() as c:
-            c.execute(update(lease.table).values(token="stolen"))
+    store.expire(store.leases[-1].worker_id)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 5:
         try:
@@ -91,55 +72,55 @@ def test_lease_removed_under_a_running_generator_stops_it_within_ttl(make_lease,
         except WorkerLeaseLostError:
             break
         time.sleep(0.01)
-    assert time.monotonic() - t0 <= 1.5 + 0.3
+    assert time.monotonic() - t0 <= 1.0 + 0.3
     assert len(lost) == 1
     with pytest.raises(WorkerLeaseLostError, match="no longer leased"):
         gen.next_id()
 
 
-def test_heartbeat_keeps_the_lease_and_ttls_are_set(make_lease, redis_client):
-    lease = make_lease(max_worker_id=15, ttl_s=0.9)
+def test_heartbeat_keeps_the_lease_and_ttls_are_set(store):
+    lease = store.lease(max_worker_id=15, ttl_s=0.6)
     gen = Snowflake.from_lease(lease)
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 2.5:  # almost 3 ttls: only heartbeats keep it alive
+    while time.monotonic() - t0 < 1.3:  # more than 2 ttls: only renewals keep it alive
         gen.next_id()
         time.sleep(0.05)
-    if make_lease.kind == "redis":
+    assert lease.valid_for_s > 0
+    if store.kind == "redis":
         base = key("idgen", lease.namespace)
-        assert 0 < redis_client.pttl(f"{base}:w:{lease.worker_id}") <= 900
-        assert redis_client.pttl(f"{base}:hw") > 0  # no key without a TTL
+        assert 0 < store.client.pttl(f"{base}:w:{lease.worker_id}") <= 600
+        assert store.client.pttl(f"{base}:hw") > 0  # no key without a TTL
+    gen.close()
 
 
-def test_restart_after_clock_rollback_never_reissues(make_lease):
+def test_restart_after_clock_rollback_never_reissues(store):
     clock = FakeClock(1_800_000_000_000)
-    first = make_lease(max_worker_id=0, ttl_s=5)
-    gen = Snowflake.from_lease(first, clock=clock)
+    gen = Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=1.0), clock=clock)
     issued = gen.next_ids(1000)
-    gen.close()  # persists the mark (newest + ttl)
+    gen.close()  # persists the exact last timestamp
     clock.advance(-60_000)  # the host comes back with its clock a minute behind
 
     with pytest.raises(ClockMovedBackwardsError, match="high-water mark"):
-        Snowflake.from_lease(make_lease(max_worker_id=0, ttl_s=5), clock=clock)
+        Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=1.0), clock=clock)
 
     clock2 = FakeClock(1_800_000_000_000 - 60_000)
-    bf = Butterfly.from_lease(make_lease(max_worker_id=0, ttl_s=5), clock=clock2)
+    bf = Butterfly.from_lease(store.lease(max_worker_id=0, ttl_s=1.0), clock=clock2)
     assert bf.worker_id == 0
     later = bf.next_ids(600)
-    assert min(later) > max(i for i in issued)  # logical continue above the persisted mark
+    assert min(later) > max(issued)  # logical continue above the persisted mark
     bf.close()
 
 
-def test_forked_child_releases_a_new_worker_id_and_static_generator_refuses(make_lease, tmp_path):
-    lease = make_lease(max_worker_id=15, ttl_s=10)
-    gen = Snowflake.from_lease(lease)
+def test_forked_child_leases_a_new_worker_id_and_static_generator_refuses(store, tmp_path):
+    gen = Snowflake.from_lease(store.lease(max_worker_id=15))
     static = Snowflake(worker_id=3)
     parent_worker = gen.worker_id
     out = tmp_path / "child"
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
-            child_worker = gen.worker_id
             gen.next_id()
+            child_worker = gen.worker_id
             try:
                 static.next_id()
                 verdict = "static-worked"
@@ -155,3 +136,115 @@ def test_forked_child_releases_a_new_worker_id_and_static_generator_refuses(make
     assert verdict == "static-refused"
     gen.next_id()  # the parent keeps its own worker id
     assert gen.worker_id == parent_worker
+    gen.close()
+
+
+def test_default_lease_range_follows_the_layout(store):
+    """8: no max_worker_id: Snowflake leases the 10-bit node space (datacenter + worker), every start works."""
+    gens = [Snowflake.from_lease(store.lease()) for _ in range(20)]
+    nodes = {(g.datacenter_id, g.worker_id) for g in gens}
+    assert len(nodes) == 20
+    assert all(0 <= dc <= 31 and 0 <= w <= 31 for dc, w in nodes)
+    ids = [i for g in gens for i in g.next_ids(100)]
+    assert len(set(ids)) == 2000
+    for g in gens:
+        g.close()
+    with_dc = Snowflake.from_lease(store.lease(), datacenter_id=3)  # the worker field only
+    assert with_dc.datacenter_id == 3 and 0 <= with_dc.worker_id <= 31
+    with_dc.close()
+    with pytest.raises(InvalidWorkerIdError, match="does not fit"):
+        Snowflake.from_lease(store.lease(max_worker_id=1023), datacenter_id=1)
+    assert store.held() == 0  # validated before leasing
+    with pytest.raises(InvalidLeaseConfigError, match="from_lease"):
+        store.lease().acquire()
+
+
+def test_release_records_the_real_last_timestamp_and_failed_starts_do_not_ratchet(store):
+    """9: close() persists the exact last timestamp; failed starts leave the mark alone; restarts do not wait."""
+    gen = Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=1.0))
+    last = gen.next_ids(5000)[-1]
+    gen.close()
+    mark = store.mark(0)
+    assert mark == gen.decode(last).timestamp_ms
+    behind = FakeClock(mark - 60_000)
+    for _ in range(3):
+        with pytest.raises(ClockMovedBackwardsError):
+            Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=1.0), clock=behind)
+    assert store.mark(0) == mark  # no ratchet
+    t0 = time.monotonic()
+    again = Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=1.0))
+    assert time.monotonic() - t0 < 0.7  # not a ttl
+    assert again.next_id() > last
+    again.close()
+
+
+def test_leases_use_the_runner_with_a_deadline_and_pass_every_key(redis_store, monkeypatch):
+    """13 and the Runner contract: acquire receives the marks hash and every lease key in KEYS; every call
+    carries a deadline."""
+    calls: list[tuple[str, list[str], float | None]] = []
+    real = redis_lease.Runner.__call__
+
+    def spy(self, script, keys, args=(), *, deadline=None):
+        calls.append((script.name, list(keys), deadline))
+        return real(self, script, keys, args, deadline=deadline)
+
+    monkeypatch.setattr(redis_lease.Runner, "__call__", spy)
+    gen = Snowflake.from_lease(redis_store.lease(max_worker_id=7, ttl_s=1.0))
+    gen.next_id()
+    gen.close()
+    base = key("idgen", redis_store.namespace)
+    acquire = [c for c in calls if c[0] == "idgen/lease_acquire"]
+    assert acquire[0][1] == [f"{base}:hw", *(f"{base}:w:{i}" for i in range(8))]
+    assert all(d is not None and d > time.monotonic() - 5 for _, _, d in calls)
+    assert {c[0] for c in calls} == {"idgen/lease_acquire", "idgen/lease_renew"}
+    source = redis_lease._ACQUIRE.source
+    assert ":w:" not in source and ".. ':" not in source  # no key names built inside the script
+
+
+def test_redis_lease_with_decode_responses_and_on_redis_cluster(redis_url, redis_cluster, namespace):
+    for client in (redis.Redis.from_url(redis_url, decode_responses=True), redis_cluster):
+        lease = RedisWorkerLease(client, namespace=namespace, ttl_s=0.5)
+        gen = Butterfly.from_lease(lease)
+        ids = gen.next_ids(2000)
+        gen.close()
+        assert len(set(ids)) == 2000
+        again = Butterfly.from_lease(RedisWorkerLease(client, namespace=namespace, max_worker_id=0, ttl_s=0.5))
+        if again.worker_id == 0:
+            assert again.next_id() > 0
+        again.close()
+        for k in client.scan_iter(match=f"*{namespace}*"):
+            client.delete(k)
+
+
+def test_dropped_generator_releases_its_worker_id(store):
+    gen = Snowflake.from_lease(store.lease(max_worker_id=0, ttl_s=0.6))
+    gen.next_id()
+    assert store.held() == 1
+    del gen
+    deadline = time.monotonic() + 3
+    while store.held() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.held() == 0
+    assert not [t for t in threading.enumerate() if t.name == f"distkit-idgen-lease-{store.namespace}"]
+
+
+def test_store_unreachable_stops_the_holder_by_its_deadline(private_redis, namespace):
+    lost: list[str] = []
+    client = redis.Redis.from_url(private_redis.url, socket_timeout=0.5)
+    gen = Snowflake.from_lease(RedisWorkerLease(client, namespace, max_worker_id=0, ttl_s=1.0, on_lost=lost.append))
+    gen.next_id()
+    private_redis.stop()
+    t0 = time.monotonic()
+    issued_after = 0
+    while time.monotonic() - t0 < 5:
+        try:
+            gen.next_id()
+            issued_after += 1
+        except WorkerLeaseLostError:
+            break
+    assert time.monotonic() - t0 <= 1.0 + 0.2  # last renewal + ttl - margin, never later
+    assert issued_after > 0 and len(lost) == 1
+    with pytest.raises(WorkerLeaseLostError):
+        gen.next_id()
+    gen.close()
+    client.close()
