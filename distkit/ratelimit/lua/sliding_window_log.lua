@@ -1,5 +1,6 @@
 -- Exact sliding window log, mirroring algorithms.sliding_window_log. State: a sorted set, one member per
--- allowed decision, scored by its µs stamp, named '<running total of units> <units>' (so a cost of any size is
+-- allowed decision, scored by its µs stamp, named '<running total of units, 16 digits> <units>' (zero-padded,
+-- so members of one stamp sort by running total, as the script expects of rank order; a cost of any size is
 -- one member, and the live count is a difference of two running totals). Work per decision: O(log n) plus at
 -- most 1000 expired members trimmed (an idle key's backlog goes over the next calls, or with the key's TTL).
 -- KEYS: limiter keys; ARGV: see _prelude
@@ -30,7 +31,7 @@ local function decide(key, cost)
       if n < limit then ok = 1 end
       return R(ok, limit - n, 0, reset, 0)
     end
-    redis.call('ZADD', key, now, string.format('%d %d', total + cost, cost))
+    redis.call('ZADD', key, now, string.format('%016d %d', total + cost, cost))
     redis.call('PEXPIRE', key, px(period))
     return R(1, limit - n - cost, 0, period, 0)
   end
