@@ -287,20 +287,12 @@ class RedisBackend(_RedisBase):
             self._stop = threading.Event()
             self._watcher_pid = os.getpid()
             self._watcher = threading.Thread(
-                target=self._watch_loop, args=(self._stop,), name=f"distkit-ratelimit-config-{self.prefix}", daemon=True
+                target=_watch_loop,
+                args=(weakref.ref(self), self._stop),
+                name=f"distkit-ratelimit-config-{self.prefix}",
+                daemon=True,
             )
             self._watcher.start()
-
-    def _watch_loop(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            for limiter in list(self._watched):
-                if stop.is_set():
-                    return
-                try:
-                    limiter._apply_config(self.get_config(limiter.name))
-                except Exception as exc:  # outage or bad reply: keep the last known rate, try again next round
-                    limiter._config_failed(exc)
-            stop.wait(CONFIG_REFRESH_S)
 
     def close(self) -> None:
         """Stop the config watcher and close the Runner's connections (the client stays yours to close)."""
@@ -381,18 +373,53 @@ class AsyncRedisBackend(_RedisBase):
         loop = asyncio.get_running_loop()
         task = self._watcher
         if task is None or task.done() or task.get_loop() is not loop:
-            self._watcher = loop.create_task(self._watch_loop(), name=f"distkit-ratelimit-config-{self.prefix}")
+            self._watcher = loop.create_task(
+                _awatch_loop(weakref.ref(self)), name=f"distkit-ratelimit-config-{self.prefix}"
+            )
 
-    async def _watch_loop(self) -> None:
-        while True:
-            for limiter in list(self._watched):
-                try:
-                    limiter._apply_config(await self.aget_config(limiter.name))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    limiter._config_failed(exc)
-            await asyncio.sleep(CONFIG_REFRESH_S)
+
+
+async def _awatch_loop(ref: weakref.ref[AsyncRedisBackend]) -> None:
+    """The async watcher: holds its backend only weakly, so it ends with the backend (or its last limiter)."""
+    while True:
+        backend = ref()
+        if backend is None:
+            return
+        limiters = list(backend._watched)
+        if not limiters:
+            backend._watcher = None
+            return
+        for limiter in limiters:
+            try:
+                limiter._apply_config(await backend.aget_config(limiter.name))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # outage or bad reply: keep the last known rate, try again next round
+                limiter._config_failed(exc)
+        del backend, limiters, limiter
+        await asyncio.sleep(CONFIG_REFRESH_S)
+
+
+def _watch_loop(ref: weakref.ref[RedisBackend], stop: threading.Event) -> None:
+    """The sync watcher thread: every CONFIG_REFRESH_S, each watched limiter's stored rate (each GET has the
+    backend's deadline). Holds its backend only weakly: it ends when the backend, or its last limiter, is gone."""
+    while not stop.is_set():
+        backend = ref()
+        if backend is None:
+            return
+        limiters = list(backend._watched)
+        if not limiters:
+            backend._watcher = None
+            return
+        for limiter in limiters:
+            if stop.is_set():
+                return
+            try:
+                limiter._apply_config(backend.get_config(limiter.name))
+            except Exception as exc:  # outage or bad reply: keep the last known rate, try again next round
+                limiter._config_failed(exc)
+        del backend, limiters, limiter
+        stop.wait(CONFIG_REFRESH_S)
 
 
 def encode_rate(count: int, per_s: float) -> str:

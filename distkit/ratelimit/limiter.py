@@ -275,14 +275,29 @@ class Limiter(Generic[B]):
         )
 
     def _finish_many(self, outcomes: Sequence[Any], requests: Sequence[tuple[str, int]]) -> list[Decision]:
+        """A batch's answers as decisions; metrics are counted once per batch (two counter adds, not 1000)."""
+        h = self._hot_state
+        limit, window_s, quota, quota_w = h.limit, h.window_s, h.quota, h.quota_w
         decisions: list[Decision | None] = []
+        append = decisions.append
         errors: dict[int, BaseException] = {}
+        allowed_n = 0
         for i, o in enumerate(outcomes):
-            if isinstance(o, BaseException):
-                decisions.append(None)
-                errors[i] = self._backend_error(o, requests[i][0])
+            if o.__class__ is tuple:
+                allowed, remaining, retry_us, reset_us, delay_us = o
+                ok = allowed == 1
+                allowed_n += ok
+                append(Decision(ok, limit, remaining if remaining > 0 else 0, retry_us / 1e6 if retry_us > 0 else 0.0,
+                                reset_us / 1e6 if reset_us > 0 else 0.0, delay_us / 1e6 if delay_us > 0 else 0.0,
+                                window_s, "", quota, quota_w))  # fmt: skip
             else:
-                decisions.append(self._finish(o))
+                append(None)
+                errors[i] = self._backend_error(o, requests[i][0])
+        self._metrics.record(True, "", allowed_n)
+        self._metrics.record(False, "", len(decisions) - len(errors) - allowed_n)
+        if self._in_outage and len(errors) < len(decisions):
+            self._in_outage = False
+            log.info("rate limiter %s: backend answers again", self.name)
         if errors:
             first = min(errors)
             raise RateLimitBackendError(
