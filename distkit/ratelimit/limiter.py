@@ -15,7 +15,9 @@ import asyncio
 import json
 import logging
 import math
+import os
 import time
+import weakref
 from collections.abc import Awaitable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, cast, overload
 
@@ -45,6 +47,16 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 CONFIG_TTL_S = 30 * 86400
+_REMOTE: weakref.WeakSet[Limiter[Any]] = weakref.WeakSet()  # limiters whose rate a backend watcher follows
+
+
+def _rewatch_after_fork() -> None:
+    """A forked child has no watcher thread: each remote limiter starts one again on its next decision."""
+    for limiter in list(_REMOTE):
+        limiter._watch_pending = True
+
+
+os.register_at_fork(after_in_child=_rewatch_after_fork)
 MAX_LOG_LIMIT = 1_000_000  # sliding log: live entries per key (one per allowed decision)
 
 
@@ -172,6 +184,8 @@ class Limiter(Generic[B]):
         self._remote = bool(getattr(self.backend, "is_remote", False))
         self._is_async = bool(self.backend.is_async)
         self._watch_pending = self._remote
+        if self._remote:
+            _REMOTE.add(self)
         self._in_outage = False
         self._metrics = DecisionMetrics(self.name)
         self._hot_state: _Hot = self._make_hot(rate)

@@ -457,3 +457,26 @@ def test_the_rate_config_refresh_never_runs_on_a_decision_path(redis_client, nam
     assert callers and all(c.startswith("distkit-ratelimit-config-") for c in callers)
     assert slowest < 0.5  # a decision never waited for the stalled refresh (it would take 5 s)
     backend.close()
+
+
+def test_the_config_watcher_is_started_again_in_a_forked_child(redis_client, namespace):
+    import os
+
+    backend = RedisBackend(redis_client, prefix=namespace)
+    lim = FixedWindow(Rate(2, per_s=3600), backend=backend, name="forked")
+    assert lim.acquire("k").allowed
+    pid = os.fork()
+    if pid == 0:  # the child: no threads survive fork; the next decision must start the watcher again
+        code = 1
+        try:
+            redis_client.set(backend.config_key("forked"), json.dumps({"count": 7, "per_s": 3600}))
+            lim.acquire("k")
+            deadline = time.monotonic() + 5
+            while lim.rate.count != 7 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            code = 0 if lim.rate.count == 7 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    backend.close()
