@@ -167,7 +167,7 @@ def test_300k_distinct_keys_through_a_full_store_stay_fast():
     t0 = time.perf_counter()
     for i in range(300_000):
         lim.acquire(f"u{i}")
-    assert time.perf_counter() - t0 < 20  # ~1.5 s on the 2-core CI machine; generous for load
+    assert time.perf_counter() - t0 < 30  # ~2 s on the 2-core CI machine, more under load; the old scan: minutes
     assert len(backend) == 100_000 and len(backend._heap) <= 2 * 100_000 + 1024
 
 
@@ -313,7 +313,7 @@ def test_fail_open_during_an_outage_costs_microseconds_and_logs_once(caplog):
         t0 = time.perf_counter()
         assert all(lim.acquire("k").allowed for _ in range(20_000))
         per_decision = (time.perf_counter() - t0) / 20_000
-    assert per_decision < 100e-6  # ~3 µs here; a retry or a log line per decision would be 100x that
+    assert per_decision < 300e-6  # ~3 µs here (x10 under CI load); a retry would be milliseconds
     assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
     backend.close()
 
@@ -455,7 +455,7 @@ def test_the_rate_config_refresh_never_runs_on_a_decision_path(redis_client, nam
         slowest = max(slowest, time.perf_counter() - s)
     release.set()
     assert callers and all(c.startswith("distkit-ratelimit-config-") for c in callers)
-    assert slowest < 0.5  # a decision never waited for the stalled refresh (it would take 5 s)
+    assert slowest < 2.0  # a decision never waited for the stalled refresh (that takes 5 s); load noise < 2 s
     backend.close()
 
 
