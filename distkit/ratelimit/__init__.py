@@ -1,5 +1,6 @@
-"""Rate limiting: token bucket, leaky bucket (meter and queue), fixed window, sliding window log and counter,
-each on a per-process memory backend or Redis (one Lua script, one round trip, Redis time).
+"""Rate limiting: token bucket (optionally Guava's warm-up), leaky bucket (meter, queue, nginx ``limit_req``), fixed
+window, sliding window log and counter, each on a per-process memory backend or Redis (one Lua script, one round
+trip, Redis time), all in exact integer arithmetic.
 
 >>> from distkit.ratelimit import Rate, TokenBucket, MemoryBackend
 >>> limiter = TokenBucket(Rate(100, per_s=1.0), burst=20, backend=MemoryBackend())
@@ -10,7 +11,7 @@ each on a per-process memory backend or Redis (one Lua script, one round trip, R
 See docs/ratelimit.md for choosing an algorithm, HTTP headers and failure policies.
 """
 
-from distkit.errors import RateLimitExceeded
+from distkit.errors import RateLimitBackendError, RateLimitExceeded, RateLimitUsageError
 from distkit.ratelimit.backends import AsyncRedisBackend, MemoryBackend, RedisBackend
 from distkit.ratelimit.decorator import qps_limit
 from distkit.ratelimit.limiter import (
@@ -33,7 +34,9 @@ __all__ = [
     "Limiter",
     "MemoryBackend",
     "Rate",
+    "RateLimitBackendError",
     "RateLimitExceeded",
+    "RateLimitUsageError",
     "RedisBackend",
     "SlidingWindowCounter",
     "SlidingWindowLog",
