@@ -45,21 +45,24 @@ def parse_raw(reply: bytes) -> Raw:
 
 
 def _outcomes(replies: list[Any], sizes: list[int]) -> list[Outcome]:
-    """Script replies of a batch as one outcome per key. A script call that failed as a whole (its reply is an
-    error) fails each of its keys; inside a call, a key whose decision raised (``WRONGTYPE``…) answers
-    ``E <message>`` (``_batch.lua`` runs each key under ``pcall``) and fails alone."""
-    import redis
-
+    """Script replies of a batch as one outcome per key. A script call of several keys answers one line per key
+    (``_batch.lua``); a key whose decision raised (``WRONGTYPE``…) answers ``E <message>`` and fails alone. A
+    script call that failed as a whole (its reply is an error) fails each of its keys."""
     out: list[Outcome] = []
     for reply, size in zip(replies, sizes, strict=True):
         if isinstance(reply, BaseException):
             out.extend([reply] * size)
-            continue
-        for r in reply if isinstance(reply, list) else [reply]:
-            if r[:2] == b"E ":
-                out.append(redis.ResponseError(r[2:].decode("utf-8", "replace")))
-            else:
-                out.append(parse_raw(r))
+        elif b"E" not in reply:  # the common case: 5 integers per key, parsed in one pass
+            ints = list(map(int, reply.split()))
+            out.extend(zip(*[iter(ints)] * 5, strict=True))
+        else:
+            import redis
+
+            for line in reply.split(b"\n"):
+                if line[:2] == b"E ":
+                    out.append(redis.ResponseError(line[2:].decode("utf-8", "replace")))
+                else:
+                    out.append(parse_raw(line))
     return out
 
 
