@@ -99,7 +99,10 @@ class MemoryBackend:
         return len(self._state)
 
     def decide(self, algo: str, step: StepFn, name: str, cost: int, params: Params) -> Raw:
-        k = algo + ":" + name
+        return self.decide_key(algo + ":" + name, step, cost, params)
+
+    def decide_key(self, k: str, step: StepFn, cost: int, params: Params) -> Raw:
+        """:meth:`decide` for a key already scoped as ``<algorithm>:<limiter name>:<key>`` (the hot path)."""
         with self._lock:
             now = self._clock() * 1000 if self._clock is not None else time.time_ns() // 1000
             entry = self._state.get(k)
@@ -261,6 +264,17 @@ class RedisBackend(_RedisBase):
                 deadline=time.monotonic() + self.timeout_s,
             )
         )
+
+    def decider(self, algo: str) -> Callable[[str, StepFn, int, Params], Raw]:
+        """The hot path's ``decide`` for one algorithm, taking a key scoped as ``<limiter name>:<key>``."""
+        script, prefix, timeout_s = script_for(algo), "{" + self.prefix + ":", self.timeout_s
+
+        def decide(name: str, step: StepFn, cost: int, params: Params) -> Raw:
+            now = self._clock() * 1000 if self._clock is not None else ""
+            deadline = time.monotonic() + timeout_s
+            return parse_raw(self._run(script, [prefix + name + "}"], [now, *params.args, cost], deadline=deadline))
+
+        return decide
 
     def decide_many(self, algo: str, step: StepFn, calls: Sequence[tuple[str, int]], params: Params) -> list[Outcome]:
         import redis

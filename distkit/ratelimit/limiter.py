@@ -189,6 +189,14 @@ class Limiter(Generic[B]):
         self._in_outage = False
         self._metrics = DecisionMetrics(self.name)
         self._hot_state: _Hot = self._make_hot(rate)
+        # hot-path shortcuts: the scoped-key prefix, the step function, the backend's decide for this algorithm
+        self._stepfn: StepFn = type(self)._step
+        if isinstance(self.backend, MemoryBackend):  # the memory key includes the algorithm: skip a concat
+            self._prefix = f"{self.algorithm}:{self.name}:"
+            self._decide: Any = self.backend.decide_key
+        else:
+            self._prefix = self.name + ":"
+            self._decide = getattr(self.backend, "decider", lambda algo: None)(self.algorithm)
 
     # -- parameters --------------------------------------------------------------------------------
     @property
@@ -344,9 +352,10 @@ class Limiter(Generic[B]):
             return Pending(self._aacquire(key, cost))
         if self._watch_pending:
             self._start_watch()
-        scoped = self._scoped(key)
+        if key.__class__ is not str or not key:
+            self._scoped(key)  # raises the typed error
         try:
-            raw = self.backend.decide(self.algorithm, type(self)._step, scoped, cost, h.params)  # type: ignore[union-attr]
+            raw = self._decide(self._prefix + key, self._stepfn, cost, h.params)
         except self._outages as exc:
             return self._on_outage(exc, key, cost)
         except self._replies as exc:
