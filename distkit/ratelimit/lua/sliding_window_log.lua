@@ -37,7 +37,10 @@ local function decide(key, cost)
   end
   -- denied: the first member whose running total reaches base + needed must leave the window first
   local target = base + n + cost - limit
-  local lo, hi = first, redis.call('ZCARD', key) - 1
+  -- every member holds >= 1 unit, so the one we want is at most (target - base) - 1 ranks after `first`; when
+  -- every cost was 1 (the common case) it is exactly there: two reads instead of a binary search
+  local lo, hi = first, math.min(redis.call('ZCARD', key) - 1, first + (target - base) - 1)
+  if hi > lo and total_of(redis.call('ZRANGE', key, hi - 1, hi - 1)[1]) < target then lo = hi end
   while lo < hi do
     local mid = fdiv(lo + hi, 2)
     if total_of(redis.call('ZRANGE', key, mid, mid)[1]) >= target then hi = mid else lo = mid + 1 end
