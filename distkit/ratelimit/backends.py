@@ -209,9 +209,10 @@ class _RedisBase:
         sent together in one pipelined round trip. On Redis Cluster keys live in different slots: one per call."""
         size = 1 if self._cluster else BATCH
         out, sizes = [], []
+        head, now, packed = "{" + self.prefix + ":", self._now(), params.args
         for i in range(0, len(calls), size):
             chunk = calls[i : i + size]
-            out.append(([self.key(algo, n) for n, _ in chunk], [self._now(), *params.args, *(c for _, c in chunk)]))
+            out.append(([head + n + "}" for n, _ in chunk], [now, *packed, *[c for _, c in chunk]]))
             sizes.append(len(chunk))
         return out, sizes
 

@@ -398,11 +398,14 @@ class Limiter(Generic[B]):
         to the failure policy; a key that fails alone (``WRONGTYPE``…) raises
         :class:`~distkit.errors.RateLimitBackendError` *after* every other key was decided (``.decisions``)."""
         h = self._hot()
-        scoped = []
+        scoped: list[tuple[str, int]] = []
+        append, prefix, max_cost = scoped.append, self.name + ":", h.max_cost
         for k, cost in requests:
-            if cost.__class__ is not int or not 0 <= cost <= h.max_cost:
+            if cost.__class__ is not int or not 0 <= cost <= max_cost:
                 self._check_cost(cost, h)
-            scoped.append((self._scoped(k), cost))
+            if k.__class__ is not str or not k:
+                self._scoped(k)  # raises the typed error
+            append((prefix + k, cost))
         if self._is_async:
             return Pending(self._aacquire_many(requests, scoped))
         if self._watch_pending:
