@@ -121,9 +121,21 @@ def warming_up(state: Any, now: int, cost: int, p: Params) -> tuple[Any, Raw]:
     """Guava's ``SmoothWarmingUp`` as ``tryAcquire(cost, 0)``: allowed iff the next free ticket is due; the
     allowed request is served at once and pushes the next ticket by the time its permits cost (stored permits
     above the threshold cost more: from 3x the interval when cold down to 1x). A fresh key starts cold
-    (``stored = max_permits``) like a new Guava limiter. State: ``(next_free_us, stored_permits)``."""
+    (``stored = max_permits``) like a new Guava limiter. State: ``(next_free_us, stored_permits, max_permits)``.
+
+    A rate change (``set_rate``) is applied as Guava's ``setRate``: resync at the old rate, then stored permits are
+    rescaled by ``new_max / old_max`` — lazily, at the key's next decision (so idle time between the change and that
+    decision still counts at the old rate, where Guava would switch at the change)."""
     stable, threshold, max_permits, slope, cool_down = warm_model(p)
-    next_free, stored = state if state is not None else (now, max_permits)
+    if state is None:
+        next_free, stored = now, max_permits
+    else:
+        next_free, stored, old_max = state
+        if old_max != max_permits:
+            if now > next_free:
+                stored = min(old_max, stored + (now - next_free) / (p.warmup_us / old_max))
+                next_free = now
+            stored = stored * max_permits / old_max
     if now > next_free:  # resync: idle time turns into stored permits
         stored = min(max_permits, stored + (now - next_free) / cool_down)
         next_free = now
@@ -136,7 +148,7 @@ def warming_up(state: Any, now: int, cost: int, p: Params) -> tuple[Any, Raw]:
     next_free += wait
     stored -= spend
     idle = next_free - now + math.ceil((max_permits - stored) * cool_down)
-    return (next_free, stored), (1, 1 if wait == 0 else 0, 0, idle, 0)
+    return (next_free, stored, max_permits), (1, 1 if wait == 0 else 0, 0, idle, 0)
 
 
 # -------------------------------------------------------------------------------------------- nginx

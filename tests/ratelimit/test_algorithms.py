@@ -269,3 +269,66 @@ def test_warm_up_matches_guava_on_the_issue_figures(backend_for, fake_clock):
     assert sum(lim.acquire("k").allowed for _ in range(50)) == 1
     with pytest.raises(InvalidRateError, match="no burst"):
         TokenBucket(Rate(10, per_s=1.0), burst=5, warmup_s=3.0)
+
+
+def _guava_acquires(p, state, now, n):
+    """Guava's acquire() on the pure model in µs: try, and on denial wait exactly retry_after; the waits."""
+    from distkit.ratelimit.algorithms import warming_up
+
+    waits = []
+    for _ in range(n):
+        waited = 0
+        while True:
+            new, raw = warming_up(state, now, 1, p)
+            if raw[0]:
+                state = new
+                break
+            now += raw[2]
+            waited += raw[2]
+        waits.append(waited)
+    return waits, state, now
+
+
+def _shown(waits_us):
+    from decimal import ROUND_HALF_UP, Decimal
+
+    return ", ".join(f"R{(Decimal(w) / 10**6).quantize(Decimal('0.01'), ROUND_HALF_UP)}" for w in waits_us)
+
+
+def test_warm_up_rate_change_replays_guavas_published_sequence():
+    """Guava RateLimiterTest.testWarmUpAndUpdate (2/s, 4 s warm-up, then setRate(4.0)), in µs like Guava."""
+    from distkit.ratelimit.algorithms import Params
+
+    def p(n):
+        return Params(limit=1, period_us=1_000_000, count=n, mode="warm", warmup_us=4_000_000)
+
+    now, state, seen = 1_796_000_000_000_000, None, []
+    for rate, sleep_us, n in ((2, 0, 8), (2, 4_500_000, 3), (4, 0, 1), (4, 0, 4), (4, 4_250_000, 11)):
+        now += sleep_us
+        waits, state, now = _guava_acquires(p(rate), state, now, n)
+        seen.append(_shown(waits))
+    assert seen == [
+        "R0.00, R1.38, R1.13, R0.88, R0.63, R0.50, R0.50, R0.50",
+        "R0.00, R1.38, R1.13",
+        "R0.88",  # we repay the debt of the last acquire (imposed by the old rate)
+        "R0.34, R0.28, R0.25, R0.25",
+        "R0.00, R0.72, R0.66, R0.59, R0.53, R0.47, R0.41, R0.34, R0.28, R0.25, R0.25",
+    ]
+
+
+def test_warm_up_rate_change_is_the_same_on_every_backend(backend_for):
+    def run(backend_of):
+        clock = FakeClock(1_796_000_000_000)
+        lim = TokenBucket(Rate(2, per_s=1.0), warmup_s=4.0, backend=backend_of(clock), name=f"w{clock()}")
+        waits = []
+        for rate, sleep_ms, n in ((2, 0, 8), (2, 4500, 3), (4, 0, 5), (4, 4250, 11)):
+            if rate != lim.rate.count:
+                lim.set_rate(Rate(rate, per_s=1.0))
+            clock.advance(sleep_ms)
+            for _ in range(n):
+                t0 = clock()
+                lim.wait("k")
+                waits.append(clock() - t0)
+        return waits
+
+    assert run(backend_for) == run(lambda clock: MemoryBackend(clock=clock))

@@ -1,6 +1,7 @@
 -- GCRA (token bucket / leaky bucket), Guava SmoothWarmingUp and nginx limit_req, mirroring
 -- distkit.ratelimit.algorithms (gcra, warming_up, nginx) operation for operation.
--- KEYS: limiter keys; ARGV: see _prelude. State: 'tat_us tat_ticks' | 'next_free_us stored' | 'excess last_ms'.
+-- KEYS: limiter keys; ARGV: see _prelude.
+-- State: 'tat_us tat_ticks' | 'next_free_us stored max_permits' | 'excess last_ms'.
 --@include _prelude
 local function gcra(key, cost, raw)
   local c, t = P_COUNT, P_PERIOD
@@ -47,8 +48,16 @@ local function warm(key, cost, raw)
   local cool_down = P_WARM / max_permits
   local next_free, stored = now, max_permits
   if raw then
-    local a, b = string.match(raw, '(%S+) (%S+)')
+    local a, b, m = string.match(raw, '(%S+) (%S+) (%S+)')
     next_free, stored = tonumber(a), tonumber(b)
+    local old_max = tonumber(m)
+    if old_max ~= max_permits then  -- the rate changed: Guava's setRate (resync at the old rate, rescale)
+      if now > next_free then
+        stored = math.min(old_max, stored + (now - next_free) / (P_WARM / old_max))
+        next_free = now
+      end
+      stored = stored * max_permits / old_max
+    end
   end
   if now > next_free then
     stored = math.min(max_permits, stored + (now - next_free) / cool_down)
@@ -73,7 +82,7 @@ local function warm(key, cost, raw)
   next_free = next_free + wait
   stored = stored - spend
   local idle = next_free - now + math.ceil((max_permits - stored) * cool_down)
-  redis.call('SET', key, string.format('%d %.17g', next_free, stored), 'PX', px(idle))
+  redis.call('SET', key, string.format('%d %.17g %.17g', next_free, stored, max_permits), 'PX', px(idle))
   local left = 0
   if wait == 0 then left = 1 end
   return R(1, left, 0, idle, 0)
