@@ -144,6 +144,24 @@ class InvalidRateError(RateLimitError, InvalidArgumentError):
     """A rate, burst, capacity or cost that cannot work (zero period, negative cost, cost > capacity)."""
 
 
+class RateLimitUsageError(RateLimitError, InvalidArgumentError, TypeError):
+    """A limiter used the wrong way, e.g. a decision of a limiter on an async backend read without ``await``."""
+
+
+class RateLimitBackendError(RateLimitError):
+    """The backend answered with an error that is not an outage (``WRONGTYPE`` on the limiter's key, a script
+    error, a corrupt stored value). Never handled by the failure policy: the limiter's state needs fixing.
+    In ``acquire_many`` it affects only its own key: ``decisions`` holds every other key's decision (``None``
+    at failed positions) and ``errors`` maps each failed position to its error."""
+
+    def __init__(
+        self, message: str, *, decisions: list[Any] | None = None, errors: dict[int, BaseException] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.decisions = decisions
+        self.errors = errors or {}
+
+
 class RateLimitExceeded(RateLimitError):
     """The request is over the limit; ``decision`` carries retry-after and the header values."""
 

@@ -1,5 +1,6 @@
-"""Rate limiting: token bucket, leaky bucket (meter and queue), fixed window, sliding window log and counter,
-each on a per-process memory backend or Redis (one Lua script, one round trip, Redis time).
+"""Rate limiting: token bucket (optionally Guava's warm-up), leaky bucket (meter, queue, nginx ``limit_req``), fixed
+window, sliding window log and counter, each on a per-process memory backend or Redis (one Lua script, one round
+trip, Redis time), all in exact integer arithmetic.
 
 >>> from distkit.ratelimit import Rate, TokenBucket, MemoryBackend
 >>> limiter = TokenBucket(Rate(100, per_s=1.0), burst=20, backend=MemoryBackend())
@@ -15,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from distkit._lazy import lazy_getattr
-from distkit.errors import RateLimitExceeded
+from distkit.errors import RateLimitBackendError, RateLimitExceeded, RateLimitUsageError
 from distkit.ratelimit.backends import MemoryBackend
 from distkit.ratelimit.decorator import qps_limit
 from distkit.ratelimit.limiter import (
@@ -41,7 +42,9 @@ __all__ = [
     "Limiter",
     "MemoryBackend",
     "Rate",
+    "RateLimitBackendError",
     "RateLimitExceeded",
+    "RateLimitUsageError",
     "RedisBackend",
     "SlidingWindowCounter",
     "SlidingWindowLog",

@@ -34,12 +34,12 @@ class DecisionMetrics:
         self._counter = _get_counter()
         self._attrs: dict[tuple[bool, str], dict[str, Any]] = {}
 
-    def record(self, allowed: bool, policy: str) -> None:
-        """``policy`` is the FailurePolicy value that answered, or "" when the backend did."""
-        if self._counter is None:
+    def record(self, allowed: bool, policy: str, n: int = 1) -> None:
+        """``policy`` is the FailurePolicy value that answered, or "" when the backend did; ``n`` decisions."""
+        if self._counter is None or n == 0:
             return
         attrs = self._attrs.get((allowed, policy))
         if attrs is None:
             attrs = {"limiter": self._limiter, "allowed": allowed, "policy": policy or "backend"}
             self._attrs[(allowed, policy)] = attrs
-        self._counter.add(1, attrs)
+        self._counter.add(n, attrs)

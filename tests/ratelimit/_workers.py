@@ -50,12 +50,14 @@ def hammer(
 
     start_evt.wait(30)
     ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    began = time.time()
     for t in ts:
         t.start()
     for t in ts:
         t.join()
+    ended = time.time()
     with open(out, "w") as f:
-        f.write(str(sum(allowed)))
+        f.write(f"{sum(allowed)} {began} {ended}")
 
 
 def set_rate_then_exit(url: str, prefix: str, name: str) -> None:
@@ -63,6 +65,5 @@ def set_rate_then_exit(url: str, prefix: str, name: str) -> None:
 
     from distkit.ratelimit import FixedWindow, Rate, RedisBackend
 
-    FixedWindow(Rate(2, per_s=60), backend=RedisBackend(redis.Redis.from_url(url), prefix=prefix), name=name).set_rate(
-        Rate(6, per_s=60)
-    )
+    backend = RedisBackend(redis.Redis.from_url(url), prefix=prefix)
+    FixedWindow(Rate(2, per_s=3600), backend=backend, name=name).set_rate(Rate(6, per_s=3600))

@@ -66,7 +66,7 @@ def test_two_hundred_concurrent_first_hits_allow_exactly_five(algo, redis_url, n
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    total = sum(results) + sum(int((tmp_path / f"p{i}").read_text()) for i in range(4))
+    total = sum(results) + sum(int((tmp_path / f"p{i}").read_text().split()[0]) for i in range(4))
     assert total == 5
 
 
@@ -78,8 +78,10 @@ def test_four_processes_times_eight_threads_for_five_seconds_stay_in_bounds(redi
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    allowed = sum(int((tmp_path / f"p{i}").read_text()) for i in range(4))
-    assert 498 <= allowed <= 522  # burst 20 + 100/s x 5 s, +-
+    runs = [(tmp_path / f"p{i}").read_text().split() for i in range(4)]
+    allowed = sum(int(r[0]) for r in runs)
+    span = max(float(r[2]) for r in runs) - min(float(r[1]) for r in runs)  # the real window, >= 5 s
+    assert 498 <= allowed <= 20 + 100 * span + 1  # never more than burst + rate x elapsed (exact GCRA)
 
 
 def test_clients_with_skewed_clocks_share_one_limit(redis_client, namespace, monkeypatch):
@@ -116,7 +118,8 @@ def test_redis_stopped_mid_test_follows_the_failure_policy(policy, private_redis
 
 
 def test_set_rate_in_one_process_is_seen_by_another_within_a_second(redis_client, redis_url, namespace):
-    lim = FixedWindow(Rate(2, per_s=60), backend=RedisBackend(redis_client, prefix=namespace), name="checkout")
+    # hour windows: a window edge cannot fall inside the test
+    lim = FixedWindow(Rate(2, per_s=3600), backend=RedisBackend(redis_client, prefix=namespace), name="checkout")
     assert [lim.acquire("k").allowed for _ in range(3)] == [True, True, False]
     ctx = multiprocessing.get_context("spawn")
     p = ctx.Process(target=set_rate_then_exit, args=(redis_url, namespace, "checkout"))
@@ -126,7 +129,7 @@ def test_set_rate_in_one_process_is_seen_by_another_within_a_second(redis_client
     while not lim.acquire("k").allowed:
         assert time.monotonic() - changed_at < 1.2
         time.sleep(0.05)
-    assert lim.rate == Rate(6, per_s=60) and lim.limit == 6
+    assert lim.rate == Rate(6, per_s=3600) and lim.limit == 6
     assert 0 < redis_client.ttl(f"{{{namespace}:__rate__:checkout}}")  # even config keys expire
 
 
@@ -144,7 +147,7 @@ def test_every_key_has_a_ttl(redis_client, namespace):
         lim.acquire("k")
     keys = list(redis_client.scan_iter(match=f"*{namespace}*"))
     assert len(keys) == 5
-    assert all(0 < redis_client.pttl(k) <= 2_001 for k in keys)
+    assert all(0 < redis_client.pttl(k) <= 3_001 for k in keys)  # state lifetime (<= 2 periods) + 1 s slack
 
 
 async def test_async_backend_and_decorator(async_redis_client, namespace):
@@ -162,19 +165,32 @@ async def test_async_backend_and_decorator(async_redis_client, namespace):
         await lim.wait("u2", timeout=0.1)
 
 
-def test_closing_a_backend_releases_its_connections(redis_client, namespace):
-    backend = RedisBackend(redis_client, prefix=namespace)
+def test_closing_a_backend_releases_its_connections(redis_url, namespace):
+    """After ``backend.close()`` and ``client.close()`` no connection of theirs is left on the server (whichever
+    connections the Runner uses: the client's pool or a lane of its own), and the limiter still works after."""
+    name = f"rl-close-{namespace}"
+    client = redis.Redis.from_url(redis_url, client_name=name)
+    watcher = redis.Redis.from_url(redis_url)
+    backend = RedisBackend(client, prefix=namespace)
     lim = FixedWindow(Rate(5, per_s=60), backend=backend)
+
+    def ours() -> int:
+        return sum(1 for c in watcher.client_list() if c.get("name") == name)
+
     assert lim.acquire("k").remaining == 4
-    (conn,) = backend._run.lane._idle
-    port = conn._sock.getsockname()[1]
+    assert ours() >= 1
     backend.close()
-    assert conn._sock is None and backend._run.lane._idle == []
-    deadline = time.monotonic() + 5  # the server notices the closed socket on its next event-loop turn
-    while any(c["addr"].endswith(f":{port}") for c in redis_client.client_list()):
-        assert time.monotonic() < deadline, f"the lane connection from port {port} is still open on the server"
+    client.close()
+    deadline = time.monotonic() + 5  # the server notices closed sockets on its next event-loop turn
+    while ours():
+        assert time.monotonic() < deadline, f"{ours()} connection(s) named {name} still open on the server"
         time.sleep(0.01)
     assert lim.acquire("k").remaining == 3  # a later decision simply opens a new connection
+    backend.close()
+    client.close()
+    for k in watcher.scan_iter(match=f"*{namespace}*"):
+        watcher.delete(k)
+    watcher.close()
 
 
 def test_sync_decorator_and_wait(redis_client, namespace):

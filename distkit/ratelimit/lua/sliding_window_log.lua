@@ -1,36 +1,51 @@
--- Exact sliding window log, mirroring algorithms.sliding_window_log. State: list of µs timestamps, newest first,
--- at most `limit` long; expired entries are trimmed from the tail (amortised O(1) per call). An allowed hit
--- pushes first and reads the new length from LPUSH (no LLEN); a denied one pops its stamps back off.
+-- Exact sliding window log, mirroring algorithms.sliding_window_log. State: a sorted set, one member per
+-- allowed decision, scored by its µs stamp, named '<running total of units, 16 digits> <units>' (zero-padded,
+-- so members of one stamp sort by running total, as the script expects of rank order; a cost of any size is
+-- one member, and the live count is a difference of two running totals). Work per decision: O(log n) plus at
+-- most 1000 expired members trimmed (an idle key's backlog goes over the next calls, or with the key's TTL).
 -- KEYS: limiter keys; ARGV: see _prelude
 --@include _prelude
+local TRIM = 1000
+local function total_of(member) return tonumber(string.match(member, '^(%d+)')) end
 local function decide(key, cost)
   local limit, period = P_LIMIT, P_PERIOD
   local horizon = now - period
-  while true do
-    local tail = redis.call('LINDEX', key, -1)
-    if not tail or tonumber(tail) > horizon then break end
-    redis.call('RPOP', key)
+  local expired = redis.call('ZCOUNT', key, '-inf', horizon)
+  local trimmed = math.min(expired, TRIM)
+  if trimmed > 0 then redis.call('ZREMRANGEBYRANK', key, 0, trimmed - 1) end
+  local first = expired - trimmed  -- rank of the first live member
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  local total, n, reset = 0, 0, 0
+  if newest[1] then total = total_of(newest[1]) end
+  local base = total
+  local head = redis.call('ZRANGE', key, first, first)
+  if head[1] then
+    local c, u = string.match(head[1], '(%d+) (%d+)')
+    base = tonumber(c) - tonumber(u)
+    n = total - base
+    reset = tonumber(newest[2]) + period - now
   end
-  local n
-  if cost == 0 then
-    n = redis.call('LLEN', key)
-    local reset = 0
-    if n > 0 then reset = tonumber(redis.call('LINDEX', key, 0)) + period - now end
-    local ok = 0
-    if n < limit then ok = 1 end
-    return R(ok, limit - n, 0, math.ceil(reset), 0)
-  end
-  local stamp = string.format('%d', now)
-  local stamps = {}
-  for i = 1, cost do stamps[i] = stamp end
-  n = redis.call('LPUSH', key, unpack(stamps)) - cost
   if n + cost <= limit then
-    redis.call('PEXPIRE', key, math.ceil(period / 1000) + 1)
-    return R(1, limit - n - cost, 0, math.ceil(period), 0)
+    if cost == 0 then
+      local ok = 0
+      if n < limit then ok = 1 end
+      return R(ok, limit - n, 0, reset, 0)
+    end
+    redis.call('ZADD', key, now, string.format('%016d %d', total + cost, cost))
+    redis.call('PEXPIRE', key, px(period))
+    return R(1, limit - n - cost, 0, period, 0)
   end
-  redis.call('LPOP', key, cost)  -- denied: undo the push (n >= 1 here, so the list keeps its TTL)
-  local reset = tonumber(redis.call('LINDEX', key, 0)) + period - now
-  local retry = tonumber(redis.call('LINDEX', key, -(n + cost - limit))) + period - now
-  return R(0, limit - n, math.ceil(retry), math.ceil(reset), 0)
+  -- denied: the first member whose running total reaches base + needed must leave the window first
+  local target = base + n + cost - limit
+  -- every member holds >= 1 unit, so the one we want is at most (target - base) - 1 ranks after `first`; when
+  -- every cost was 1 (the common case) it is exactly there: two reads instead of a binary search
+  local lo, hi = first, math.min(redis.call('ZCARD', key) - 1, first + (target - base) - 1)
+  if hi > lo and total_of(redis.call('ZRANGE', key, hi - 1, hi - 1)[1]) < target then lo = hi end
+  while lo < hi do
+    local mid = fdiv(lo + hi, 2)
+    if total_of(redis.call('ZRANGE', key, mid, mid)[1]) >= target then hi = mid else lo = mid + 1 end
+  end
+  local stamp = tonumber(redis.call('ZRANGE', key, lo, lo, 'WITHSCORES')[2])
+  return R(0, limit - n, stamp + period - now, reset, 0)
 end
 --@include _batch
