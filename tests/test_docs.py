@@ -27,10 +27,7 @@ SERVICE_ENV = ("DISTKIT_REDIS_URL", "DISTKIT_REDIS_CLUSTER_NODES", "DISTKIT_DATA
 
 # ------------------------------------------------------------------ the list to shrink (path -> why it fails)
 KNOWN_FAILING: dict[str, str] = {
-    "docs/idgen.md": "block at line 56 uses redis_client before defining it",
-    "docs/locks.md": "block at line 8 connects to localhost:6379 instead of Settings.from_env().redis()",
     "docs/messaging.md": "block at line 54 calls an undefined send_mail; the outbox block uses an undefined orders",
-    "docs/ratelimit.md": "block at line 3 uses redis_client before defining it",
 }
 # ------------------------------------------------------------------
 

@@ -25,16 +25,20 @@ def register(sub: Any) -> None:
 
     new = cmds.add_parser("new", help="print new ids (static worker id: for scripts and tests, not services)")
     new.add_argument("-n", type=int, default=1, help="how many ids (default 1)")
-    new.add_argument("--layout", choices=["snowflake", "butterfly"], default="snowflake")
-    new.add_argument("--worker-id", type=int, default=0)
-    new.add_argument("--datacenter-id", type=int, default=0)
-    new.add_argument("--epoch-ms", type=int, default=None)
+    new.add_argument("--layout", choices=["snowflake", "butterfly"], default="snowflake",
+                     help="bit layout of the ids (default snowflake)")
+    new.add_argument("--worker-id", type=int, default=0, help="worker id stamped into each id (default 0)")
+    new.add_argument("--datacenter-id", type=int, default=0, help="datacenter id stamped into each id (default 0)")
+    new.add_argument("--epoch-ms", type=int, default=None,
+                     help="custom epoch in unix ms (default: distkit's epoch, DEFAULT_EPOCH_MS)")
     new.set_defaults(handler=_guarded(_new))
 
     dec = cmds.add_parser("decode", help="print the fields of an id as JSON")
-    dec.add_argument("id", type=int)
-    dec.add_argument("--layout", choices=["snowflake", "butterfly"], default="snowflake")
-    dec.add_argument("--epoch-ms", type=int, default=None)
+    dec.add_argument("id", type=int, help="the id to decode (a decimal integer)")
+    dec.add_argument("--layout", choices=["snowflake", "butterfly"], default="snowflake",
+                     help="bit layout the id was made with (default snowflake)")
+    dec.add_argument("--epoch-ms", type=int, default=None,
+                     help="epoch the id was made with, unix ms (default: distkit's epoch)")
     dec.set_defaults(handler=_guarded(_decode))
 
 

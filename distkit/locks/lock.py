@@ -253,3 +253,8 @@ class Lock(LockView):
 
 
 Locks.lock_class = Lock
+
+
+# Locks.semaphore_class is set by distkit.locks.semaphore (it subclasses this module's types): import it here so
+# `from distkit.locks.lock import Locks` alone (what the lazy package import does) gives a complete Locks
+from distkit.locks import semaphore as _semaphore  # noqa: E402, F401
