@@ -219,7 +219,8 @@ def test_idempotent_call_is_bounded(down_port):
 def test_worker_lease_acquire_is_bounded(down_port):
     from distkit.idgen import RedisWorkerLease
 
-    lease = RedisWorkerLease(default_client(down_port), namespace=f"t-{uuid.uuid4().hex[:6]}", ttl_s=2, max_worker_id=31)
+    ns = f"t-{uuid.uuid4().hex[:6]}"
+    lease = RedisWorkerLease(default_client(down_port), namespace=ns, ttl_s=2, max_worker_id=31)
     _, res = bounded(lease.acquire, 2.0)  # one lease length
     assert isinstance(res, BackendUnavailableError), res
     threading.Thread(target=lease.close, daemon=True).start()
