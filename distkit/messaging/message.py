@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from distkit.errors import SerializationError
+from distkit.errors import InvalidArgumentError, InvalidTopicError, SerializationError
 
 HeaderValue = str | bytes
 Headers = dict[str, HeaderValue]
@@ -37,6 +38,8 @@ class Message:
     partition: int | None = None
     offset: int | None = None
     timestamp: int | None = None  # unix ms
+    raw_value: bytes | None = field(default=None, compare=False, repr=False)
+    """The value bytes as they were on the broker (consumed messages only; ``None`` for a tombstone)."""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """A header decoded as UTF-8 text (Kafka headers are bytes on the wire)."""
@@ -102,19 +105,44 @@ def encode_key(key: bytes | str | int | None) -> bytes | None:
     raise SerializationError(f"message key must be bytes, str or int, got {type(key).__name__}")
 
 
+_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def check_topic_name(topic: Any) -> None:
+    """Kafka's topic-name rule (``[a-zA-Z0-9._-]``, 1-249 characters, not ``.`` or ``..``)."""
+    if not isinstance(topic, str) or not topic:
+        raise InvalidTopicError(f"a topic name must be a non-empty string, got {topic!r}")
+    if not _TOPIC_RE.fullmatch(topic) or topic in (".", ".."):
+        raise InvalidTopicError(
+            f"invalid topic name {topic[:60]!r}: use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+        )
+
+
 def encode_headers(headers: Mapping[str, Any] | None) -> list[tuple[str, bytes]]:
-    """Headers as Kafka's list of ``(name, bytes)``; values must be ``str`` or ``bytes``."""
+    """Headers as Kafka's list of ``(name, bytes)``: ``str`` values as UTF-8, ``bytes`` unchanged."""
     out: list[tuple[str, bytes]] = []
     if not headers:
         return out
-    for name, value in (headers or {}).items():
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name:
+            raise SerializationError(f"header names must be non-empty str, got {name!r}")
         if isinstance(value, bytes):
             out.append((name, value))
         elif isinstance(value, str):
-            out.append((name, value.encode("utf-8")))
+            try:
+                out.append((name, value.encode("utf-8")))
+            except UnicodeEncodeError as exc:  # lone surrogates
+                raise SerializationError(f"header {name!r} is not valid text ({exc}); pass bytes instead") from exc
+        elif isinstance(value, bytearray | memoryview):
+            out.append((name, bytes(value)))
         else:
             raise SerializationError(f"header {name!r} must be str or bytes, got {type(value).__name__}")
     return out
+
+
+def check_partition(partition: Any) -> None:
+    if partition is not None and (not isinstance(partition, int) or isinstance(partition, bool) or partition < 0):
+        raise InvalidArgumentError(f"partition must be None or an int >= 0, got {partition!r}")
 
 
 def decode_headers(raw: list[tuple[str, bytes | None]] | None) -> Headers:

@@ -113,7 +113,7 @@ class KafkaBroker:
             raise InvalidArgumentError("transactional_id must be a non-empty string")
         with self._lock:
             producer = self._producers.get(transactional_id)
-            if producer is None or producer._fenced:
+            if producer is None or not producer.usable:
                 self._refresh_topics()  # bounded reachability check before librdkafka's own waits
                 producer = KafkaTransactionalProducer(
                     dict(self._config), self.codec, self._check_topic, transactional_id, self.timeout_s

@@ -58,6 +58,7 @@ class KafkaConsumer(ConsumerBase):
         except KafkaException as exc:
             raise translate(exc, f"poll of group {self.group_id!r}") from exc
         out: list[Message] = []
+        decode = self.codec.decode
         for m in raw:
             err = m.error()
             if err is not None:
@@ -65,17 +66,34 @@ class KafkaConsumer(ConsumerBase):
                     continue
                 raise translate(KafkaException(err), f"poll of group {self.group_id!r}")
             _ts_type, ts = m.timestamp()
+            raw_value = m.value()
             out.append(
                 Message(
                     topic=m.topic() or "",
                     partition=m.partition(),
                     offset=m.offset(),
                     key=m.key(),
-                    value=self.codec.decode(m.value() or b"null"),
+                    value=None if raw_value is None else decode(raw_value),
                     headers=decode_headers(m.headers()),  # type: ignore[arg-type]
                     timestamp=ts if ts and ts > 0 else None,
+                    raw_value=raw_value,
                 )
             )
+        return out
+
+    def committed(self, partitions: list[TP], timeout_s: float = 10.0) -> dict[TP, int | None]:
+        """The group's committed offsets, asked from the coordinator (waits out pending transactions)."""
+        if not partitions:
+            return {}
+        try:
+            got = self.raw.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
+        except KafkaException as exc:
+            raise translate(exc, f"committed offsets of group {self.group_id!r}") from exc
+        out: dict[TP, int | None] = {}
+        for tp in got:
+            if tp.error is not None:
+                raise translate(KafkaException(tp.error), f"committed offset of {tp.topic}[{tp.partition}]")
+            out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return out
 
     def _commit_offsets(self, offsets: Mapping[TP, int]) -> None:
