@@ -339,14 +339,16 @@ class TransactionalProcessor:
                 dead += 1
                 continue
             try:
-                for out in self.handler(msg) or ():
-                    send(out.topic, out.value, key=out.key, headers=out.headers, partition=out.partition)
-            except (MessagingError, InvalidArgumentError) as exc:
-                if isinstance(exc, SerializationError | InvalidArgumentError):
-                    raise _HandlerFailed(msg, exc) from exc  # this message's outputs are bad: retry/DLT it
-                raise  # the broker failed: not the message's fault
+                outputs = self.handler(msg) or ()
+                if not isinstance(outputs, list | tuple):
+                    outputs = list(outputs)
             except Exception as exc:
                 raise _HandlerFailed(msg, exc) from exc
+            try:
+                for out in outputs:
+                    send(out.topic, out.value, key=out.key, headers=out.headers, partition=out.partition)
+            except (SerializationError, InvalidArgumentError) as exc:
+                raise _HandlerFailed(msg, exc) from exc  # this message's outputs are bad: retry/DLT it
         producer.send_offsets(consumer, next_offsets(batch))
         producer.commit()
         if self._failures:
