@@ -20,7 +20,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka import Producer as _RdProducer
 
 from distkit.errors import BrokerUnavailableError, MessagingError, ProducerFencedError
-from distkit.messaging.broker import ProducerBase, RawRecord, TransactionalProducerBase
+from distkit.messaging.broker import ProducerBase, RawRecord, TransactionalProducerBase, valid_topic
 from distkit.messaging.broker import TopicPartition as TP
 from distkit.messaging.kafka.errors import kafka_error, translate, translate_error
 from distkit.messaging.message import Codec
@@ -158,6 +158,7 @@ class KafkaProducer(_Produces, ProducerBase):
         self._take_errors()
         for i, (topic, value, key, headers) in enumerate(records):
             try:
+                valid_topic(topic)
                 self._check_topic(topic)
                 produce = functools.partial(self._rd.produce, on_delivery=functools.partial(self._on_delivery, index=i))
                 hdrs = self._headers(headers)
