@@ -53,6 +53,7 @@ class KafkaBroker:
         self._admin: AdminClient | None = None
         self._known_topics: set[str] = set()
         self._producers: dict[str, KafkaTransactionalProducer] = {}
+        self._initialising: dict[str, KafkaTransactionalProducer] = {}  # init_transactions timed out: resume it
         self._lock = threading.Lock()
 
     @classmethod
@@ -114,20 +115,31 @@ class KafkaBroker:
         with self._lock:
             producer = self._producers.get(transactional_id)
             if producer is None or not producer.usable:
-                self._refresh_topics()  # bounded reachability check before librdkafka's own waits
-                producer = KafkaTransactionalProducer(
-                    dict(self._config), self.codec, self._check_topic, transactional_id, self.timeout_s
-                )
-                self._producers[transactional_id] = producer
+                producer = self._make_producer(transactional_id)
             return producer
 
     def new_transactional_producer(self, transactional_id: str) -> KafkaTransactionalProducer:
         """A separate producer instance with this id (it fences any older one), as a restarted process has."""
-        producer = KafkaTransactionalProducer(
-            dict(self._config), self.codec, self._check_topic, transactional_id, self.timeout_s
-        )
+        if not transactional_id:
+            raise InvalidArgumentError("transactional_id must be a non-empty string")
         with self._lock:
-            self._producers[transactional_id] = producer
+            return self._make_producer(transactional_id)
+
+    def _make_producer(self, transactional_id: str) -> KafkaTransactionalProducer:
+        """A new initialised instance; one whose ``init_transactions`` timed out is resumed, not duplicated."""
+        producer = self._initialising.pop(transactional_id, None)
+        if producer is None or not producer.usable:
+            self._refresh_topics()  # bounded reachability check before librdkafka's own waits
+            producer = KafkaTransactionalProducer(
+                dict(self._config), self.codec, self._check_topic, transactional_id, self.timeout_s, init=False
+            )
+        try:
+            producer.init()
+        except BrokerUnavailableError:
+            if producer.usable:
+                self._initialising[transactional_id] = producer
+            raise
+        self._producers[transactional_id] = producer
         return producer
 
     def producer(self) -> KafkaProducer:

@@ -200,7 +200,14 @@ class KafkaTransactionalProducer(_Produces, TransactionalProducerBase):
     """
 
     def __init__(
-        self, config: dict[str, Any], codec: Codec, check_topic: TopicCheck, transactional_id: str, timeout_s: float
+        self,
+        config: dict[str, Any],
+        codec: Codec,
+        check_topic: TopicCheck,
+        transactional_id: str,
+        timeout_s: float,
+        *,
+        init: bool = True,
     ) -> None:
         self.codec = codec
         self.transactional_id = transactional_id
@@ -211,8 +218,18 @@ class KafkaTransactionalProducer(_Produces, TransactionalProducerBase):
         )
         self._fenced = False
         self._broken: str | None = None  # why this instance cannot be used any more (a hung librdkafka call)
+        self._initialised = False
         self._worker = _Worker(f"distkit-txn-{transactional_id}"[:60])
-        self._call(lambda: self._rd.init_transactions(timeout_s), "init_transactions", bounded=True)
+        if init:
+            self.init()
+
+    def init(self) -> None:
+        """``init_transactions`` (fences older instances). After a timeout, call it again on the *same*
+        instance: librdkafka resumes the pending call, whereas a second instance would race this one for the
+        producer epoch and be fenced when this one's request completes later."""
+        if not self._initialised:
+            self._call(lambda: self._rd.init_transactions(self._timeout_s), "init_transactions", bounded=True)
+            self._initialised = True
 
     @property
     def usable(self) -> bool:
