@@ -127,7 +127,7 @@ def test_processor_rides_out_a_broker_restart_or_raises_within_its_bound(private
     threads["ride"].join(150)
     assert not threads["ride"].is_alive() and "error" not in results["ride"], results["ride"]
     assert results["ride"]["stats"].processed == n
-    again = procs["bound"].run(idle_timeout_s=3, handle_signals=False)  # resumes from the committed offsets
+    again = procs["bound"].run(idle_timeout_s=1.5, handle_signals=False)  # resumes from the committed offsets
     assert again.processed >= 0
     for p in procs.values():
         p.close()

@@ -162,11 +162,11 @@ class KafkaBroker:
         for t in missing:
             self.create_topic(t)
         config = {
-            **self._config,
-            "auto.offset.reset": auto_offset_reset,
-            "isolation.level": isolation_level,
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
+            **self._config,  # the caller's config wins over these defaults
+            "auto.offset.reset": auto_offset_reset,
+            "isolation.level": isolation_level,
         }
         return KafkaConsumer(config, self.codec, group_id, list(topics))
 
