@@ -67,8 +67,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))  # built once: json.dumps with
-# options would build a new encoder on every call
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+try:  # the C encoder, built once (JSONEncoder.encode builds a new one per call). No circular-reference markers:
+    # a shared markers dict is not thread-safe; a cycle ends in RecursionError instead, reported the same way.
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring_ascii as _encode_ascii
+
+    _C_ENCODE: Any = _c_make_encoder(None, _json_default, _encode_ascii, None, ":", ",", False, False, True)
+except (ImportError, TypeError):  # pragma: no cover - PyPy or a Python without the C accelerator
+    _C_ENCODE = None
+
+
+def _to_json(value: Any) -> str:
+    if _C_ENCODE is None or isinstance(value, str):
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 class JsonCodec:
@@ -82,8 +95,8 @@ class JsonCodec:
         if isinstance(value, bytes):
             return value
         try:
-            return _ENCODER.encode(value).encode("utf-8")
-        except (TypeError, ValueError) as exc:
+            return _to_json(value).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"cannot serialise message value of type {type(value).__name__}: {exc}; "
                 "pass JSON-compatible data, bytes, or a broker with another codec"
@@ -98,6 +111,8 @@ class JsonCodec:
 
 def encode_key(key: bytes | str | int | None) -> bytes | None:
     """Keys are bytes on the wire; ``str`` and ``int`` keys are written as UTF-8 text."""
+    if type(key) is str:
+        return key.encode("utf-8")
     if key is None or isinstance(key, bytes):
         return key
     if isinstance(key, str | int) and not isinstance(key, bool):

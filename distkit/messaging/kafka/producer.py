@@ -23,7 +23,7 @@ from distkit.errors import BrokerUnavailableError, MessagingError, ProducerFence
 from distkit.messaging.broker import ProducerBase, RawRecord, TransactionalProducerBase, valid_topic
 from distkit.messaging.broker import TopicPartition as TP
 from distkit.messaging.kafka.errors import kafka_error, translate, translate_error
-from distkit.messaging.message import Codec
+from distkit.messaging.message import Codec, check_partition, encode_headers, encode_key
 
 TopicCheck = Callable[[str], None]
 _GRACE_S = 2.0  # on top of the timeout librdkafka was given, before a call counts as hung
@@ -73,6 +73,39 @@ class _Produces:
     _rd: Any
     _check_topic: TopicCheck
     _timeout_s: float = 30.0
+    _topics_ok: set[str]
+    codec: Codec
+
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        *,
+        key: bytes | str | int | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """:meth:`ProducerBase.send <distkit.messaging.broker.ProducerBase.send>` with the checks done once per
+        topic (name and existence) and one call into librdkafka: this is the hot path of every transaction."""
+        if topic not in self._topics_ok:
+            valid_topic(topic)
+            self._check_topic(topic)
+            if len(self._topics_ok) < 10_000:
+                self._topics_ok.add(topic)
+        if not getattr(self, "_in_txn", True):
+            TransactionalProducerBase._require_txn(self, "send")  # type: ignore[arg-type]
+        payload = self.codec.encode(value)  # raises SerializationError before anything is sent
+        if key is not None and type(key) is not bytes:
+            key = encode_key(key)
+        if headers or partition is not None:
+            if partition is not None:
+                check_partition(partition)
+            self._produce(topic, key, payload, encode_headers(headers), partition)
+            return
+        try:
+            self._rd.produce(topic, payload, key)
+        except (BufferError, KafkaException):
+            self._produce(topic, key, payload, [], None)  # the waiting/translating path
 
     def _produce(
         self,
@@ -116,6 +149,7 @@ class KafkaProducer(_Produces, ProducerBase):
     def __init__(self, config: dict[str, Any], codec: Codec, check_topic: TopicCheck) -> None:
         self.codec = codec
         self._check_topic = check_topic
+        self._topics_ok = set()
         self._errors: list[tuple[int | None, MessagingError]] = []
         self._errors_lock = threading.Lock()
         self._rd = _RdProducer(
@@ -184,8 +218,6 @@ class KafkaProducer(_Produces, ProducerBase):
 
     @staticmethod
     def _headers(headers: Mapping[str, str | bytes] | None) -> list[tuple[str, bytes]] | None:
-        from distkit.messaging.message import encode_headers
-
         return encode_headers(headers) or None
 
     def close(self) -> None:
@@ -212,6 +244,7 @@ class KafkaTransactionalProducer(_Produces, TransactionalProducerBase):
         self.codec = codec
         self.transactional_id = transactional_id
         self._check_topic = check_topic
+        self._topics_ok = set()
         self._timeout_s = timeout_s
         self._rd = _RdProducer(
             {**config, "transactional.id": transactional_id, "enable.idempotence": True, "acks": "all"}
