@@ -13,7 +13,7 @@ from distkit.messaging.broker import check_consumer_args
 from distkit.messaging.kafka.consumer import KafkaConsumer
 from distkit.messaging.kafka.errors import translate
 from distkit.messaging.kafka.producer import KafkaProducer, KafkaTransactionalProducer
-from distkit.messaging.message import Codec, JsonCodec
+from distkit.messaging.message import Codec, JsonCodec, check_topic_name
 
 
 class KafkaBroker:
@@ -97,6 +97,9 @@ class KafkaBroker:
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1) -> None:
         """Create ``name`` (no error if it already exists)."""
+        check_topic_name(name)
+        if partitions < 1:
+            raise InvalidArgumentError(f"a topic needs at least one partition, got {partitions}")
         futures = self._admin_client().create_topics(
             [NewTopic(name, partitions, replication_factor)], operation_timeout=self.timeout_s
         )
