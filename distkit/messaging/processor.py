@@ -39,6 +39,7 @@ from distkit.errors import (
     MessagingError,
     ProducerFencedError,
     SerializationError,
+    UnknownTopicError,
 )
 from distkit.messaging.broker import Broker, Consumer, TopicPartition, TransactionalProducer
 from distkit.messaging.message import Message
@@ -293,6 +294,11 @@ class TransactionalProcessor:
                     self._mark_unsure(batch)
                     log.error("processor %s was fenced by a newer instance; stopping", self.transactional_id)
                     raise
+                except (UnknownTopicError, InvalidArgumentError):
+                    if batch:
+                        self._abort(batch, stats)
+                        self._mark_unsure(batch)
+                    raise  # configuration, not an outage: retrying cannot help
                 except MessagingError as exc:
                     now = time.monotonic()
                     outage_since = outage_since or now

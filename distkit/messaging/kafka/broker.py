@@ -171,7 +171,7 @@ class KafkaBroker:
             "auto.offset.reset": auto_offset_reset,
             "isolation.level": isolation_level,
         }
-        return KafkaConsumer(config, self.codec, group_id, list(topics))
+        return KafkaConsumer(config, self.codec, group_id, list(topics), close_timeout_s=max(10.0, 3 * self.timeout_s))
 
     def close(self) -> None:
         with self._lock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -15,14 +16,18 @@ from distkit.messaging.broker import TopicPartition as TP
 from distkit.messaging.kafka.errors import translate
 from distkit.messaging.message import Codec, Message, decode_headers
 
+log = logging.getLogger(__name__)
 _BENIGN = frozenset({KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 
 
 class KafkaConsumer(ConsumerBase):
     """A member of ``group_id`` subscribed to ``topics``; ``raw`` is the underlying librdkafka consumer."""
 
-    def __init__(self, config: dict[str, Any], codec: Codec, group_id: str, topics: list[str]) -> None:
+    def __init__(
+        self, config: dict[str, Any], codec: Codec, group_id: str, topics: list[str], close_timeout_s: float = 30.0
+    ) -> None:
         self.group_id = group_id
+        self._close_timeout_s = close_timeout_s
         self.codec = codec
         self._assigned: set[TP] = set()
         self._lock = threading.Lock()
@@ -110,6 +115,20 @@ class KafkaConsumer(ConsumerBase):
             raise translate(exc, f"seek {topic}[{partition}] to {offset}") from exc
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        """Leave the group. Bounded: librdkafka's ``close()`` can block for good (an unreachable coordinator,
+        a pending rebalance), so it runs on a helper thread and is abandoned after ``close_timeout_s``."""
+        if self._closed:
+            return
+        self._closed = True
+        closer = threading.Thread(target=self._close_quietly, name=f"distkit-close-{self.group_id}"[:60], daemon=True)
+        closer.start()
+        closer.join(self._close_timeout_s)
+        if closer.is_alive():
+            log.warning("consumer of group %r did not close within %.1f s; abandoned", self.group_id,
+                        self._close_timeout_s)
+
+    def _close_quietly(self) -> None:
+        try:
             self.raw.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("consumer close of group %r failed: %s", self.group_id, exc)
