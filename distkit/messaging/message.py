@@ -104,9 +104,43 @@ class JsonCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
-        except (UnicodeDecodeError, ValueError):
+            return _DECODER.decode(data.decode("utf-8"))  # json.loads(bytes) sniffs the encoding on every call
+        except UnicodeDecodeError:
+            try:
+                return json.loads(data)  # UTF-16/32 JSON, as json.loads accepts it
+            except (UnicodeDecodeError, ValueError):
+                return data
+        except ValueError:
             return data
+
+
+_DECODER = json.JSONDecoder()
+
+
+def consumed(
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    key: bytes | None,
+    value: Any,
+    headers: Headers,
+    timestamp: int | None,
+    raw_value: bytes | None,
+) -> Message:
+    """A consumed :class:`Message`, built without the frozen dataclass's per-field ``object.__setattr__``
+    (the consumer's hot path: one per record)."""
+    m = object.__new__(Message)
+    m.__dict__.update(
+        topic=topic,
+        value=value,
+        key=key,
+        headers=headers,
+        partition=partition,
+        offset=offset,
+        timestamp=timestamp,
+        raw_value=raw_value,
+    )
+    return m
 
 
 def encode_key(key: bytes | str | int | None) -> bytes | None:

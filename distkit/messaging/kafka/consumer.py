@@ -14,7 +14,7 @@ from distkit.errors import MessagingError
 from distkit.messaging.broker import ConsumerBase
 from distkit.messaging.broker import TopicPartition as TP
 from distkit.messaging.kafka.errors import translate
-from distkit.messaging.message import Codec, Message, decode_headers
+from distkit.messaging.message import Codec, Message, consumed, decode_headers
 
 log = logging.getLogger(__name__)
 _BENIGN = frozenset({KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
@@ -72,16 +72,17 @@ class KafkaConsumer(ConsumerBase):
                 raise translate(KafkaException(err), f"poll of group {self.group_id!r}")
             _ts_type, ts = m.timestamp()
             raw_value = m.value()
+            hdrs = m.headers()
             out.append(
-                Message(
-                    topic=m.topic() or "",
-                    partition=m.partition(),
-                    offset=m.offset(),
-                    key=m.key(),
-                    value=None if raw_value is None else decode(raw_value),
-                    headers=decode_headers(m.headers()),  # type: ignore[arg-type]
-                    timestamp=ts if ts and ts > 0 else None,
-                    raw_value=raw_value,
+                consumed(
+                    m.topic() or "",
+                    m.partition(),
+                    m.offset(),
+                    m.key(),
+                    None if raw_value is None else decode(raw_value),
+                    decode_headers(hdrs) if hdrs else {},  # type: ignore[arg-type]
+                    ts if ts and ts > 0 else None,
+                    raw_value,
                 )
             )
         return out
