@@ -255,6 +255,18 @@ class TransactionAbortedError(MessagingError):
     """The transaction was aborted; none of its messages or offsets became visible."""
 
 
+class InvalidTopicError(MessagingError, InvalidArgumentError):
+    """A topic name Kafka refuses (``[a-zA-Z0-9._-]``, 1-249 characters, not ``.``/``..``)."""
+
+
+class MessageTooLargeError(MessagingError, InvalidArgumentError):
+    """A record over the producer's ``message.max.bytes`` (1 MB by default); it was not sent."""
+
+
+class CommitFailedError(MessagingError):
+    """An offset commit from a consumer the group has moved past (rebalance, stale generation); re-read."""
+
+
 # --------------------------------------------------------------------------- saga
 
 

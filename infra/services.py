@@ -7,6 +7,8 @@ jars, resolved by Maven from Maven Central (``infra/kafka/pom.xml``).
 
     python infra/services.py start [redis|cluster|postgres|kafka ...]   # idempotent
     python infra/services.py stop                                       # stops what it started
+    python infra/services.py stop kafka                                 # only Kafka; `start kafka` restarts
+                                                                        # it with its data (topics, offsets)
     python infra/services.py env                                        # prints DISTKIT_* exports
     python infra/services.py status
 
@@ -32,7 +34,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("DISTKIT_SERVICES_DIR", ROOT / ".services")).resolve()
 KAFKA_DIR = ROOT / "infra" / "kafka"
-KAFKA_LIBS = Path(os.environ.get("DISTKIT_KAFKA_LIBS", KAFKA_DIR / "libs"))
+
+
+def _kafka_libs() -> Path:
+    """``$DISTKIT_KAFKA_LIBS``, else ``infra/kafka/libs`` of this checkout, else (in a ``git worktree``) the
+    main checkout's already-resolved jars, else this checkout's (resolved there on first start)."""
+    if os.environ.get("DISTKIT_KAFKA_LIBS"):
+        return Path(os.environ["DISTKIT_KAFKA_LIBS"])
+    own = KAFKA_DIR / "libs"
+    if any(own.glob("kafka_2.13-*.jar")):
+        return own
+    try:  # a worktree's .git is a file "gitdir: <main>/.git/worktrees/<name>" with a "commondir" inside
+        gitdir = Path((ROOT / ".git").read_text().split("gitdir:", 1)[1].strip())
+        common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        main_libs = common.parent / "infra" / "kafka" / "libs"
+        if any(main_libs.glob("kafka_2.13-*.jar")):
+            return main_libs
+    except (OSError, IndexError):
+        pass
+    return own
+
+
+KAFKA_LIBS = _kafka_libs()
 ALL = ("redis", "cluster", "postgres", "kafka")
 KAFKA_START_TIMEOUT_S = 90
 
@@ -465,25 +488,22 @@ def format_kafka_storage(props: Path, cluster_id: str) -> None:
         raise SetupError("kafka storage format failed:\n" + (fmt.stdout + fmt.stderr)[-3000:])
 
 
-def start_kafka(ports: dict[str, object]) -> None:
+def start_kafka_node(d: Path, port: int, cport: int, *, timeout_s: float = KAFKA_START_TIMEOUT_S) -> int:
+    """Start a single-node KRaft broker with its state in ``d``; returns its pid.
+
+    The data in ``d`` is kept if it was formatted for the same ports (a restart: topics, committed offsets
+    and transaction state survive); otherwise ``d`` is wiped and formatted afresh."""
     ensure_kafka_libs()
-    d = STATE / "kafka"
-    pidfile, logf = d / "kafka.pid", d / "kafka.log"
-    port = int(ports.get("kafka") or free_port(9392))  # type: ignore[call-overload]
-    cport = int(ports.get("kafka_controller") or free_port(9393))  # type: ignore[call-overload]
-    if cport == port:
-        cport = free_port(0)
-    ports["kafka"], ports["kafka_controller"] = port, cport
-    if read_pid(pidfile) and port_open(port):
-        log(f"kafka already up on 127.0.0.1:{port}")
-        return
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    props = d / "server.properties"
-    props.write_text(kafka_properties(port, cport, d / "data"))
-    format_kafka_storage(props, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    pidfile, logf, props = d / "kafka.pid", d / "kafka.log", d / "server.properties"
+    wanted = kafka_properties(port, cport, d / "data")
+    reuse = (d / "data" / "meta.properties").exists() and props.exists() and props.read_text() == wanted
+    if not reuse:
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        props.write_text(wanted)
+        format_kafka_storage(props, base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     t0 = time.monotonic()
-    with open(logf, "w") as out:
+    with open(logf, "a") as out:
         proc = subprocess.Popen([*kafka_java(), "kafka.Kafka", str(props)], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     pidfile.write_text(str(proc.pid))
@@ -493,14 +513,33 @@ def start_kafka(ports: dict[str, object]) -> None:
             raise SetupError(f"kafka exited with code {proc.returncode}" + tail(logf))
         return kafka_ready(port)
 
-    wait_for(up, KAFKA_START_TIMEOUT_S, f"kafka on port {port}", logf)
-    log(f"kafka up on 127.0.0.1:{port} in {time.monotonic() - t0:.1f} s")
+    wait_for(up, timeout_s, f"kafka on port {port}", logf)
+    log(f"kafka up on 127.0.0.1:{port} in {time.monotonic() - t0:.1f} s ({'data kept' if reuse else 'fresh'})")
+    return proc.pid
+
+
+def stop_kafka_node(d: Path, timeout_s: float = 30.0) -> None:
+    """Stop the broker whose state is in ``d`` (SIGTERM: a clean shutdown; its data stays for a restart)."""
+    pid = read_pid(d / "kafka.pid")
+    if pid:
+        kill_pid(pid, "kafka", timeout_s=timeout_s)
+
+
+def start_kafka(ports: dict[str, object]) -> None:
+    d = STATE / "kafka"
+    port = int(ports.get("kafka") or free_port(9392))  # type: ignore[call-overload]
+    cport = int(ports.get("kafka_controller") or free_port(9393))  # type: ignore[call-overload]
+    if cport == port:
+        cport = free_port(0)
+    ports["kafka"], ports["kafka_controller"] = port, cport
+    if read_pid(d / "kafka.pid") and port_open(port):
+        log(f"kafka already up on 127.0.0.1:{port}")
+        return
+    start_kafka_node(d, port, cport)
 
 
 def stop_kafka() -> None:
-    pid = read_pid(STATE / "kafka" / "kafka.pid")
-    if pid:
-        kill_pid(pid, "kafka", timeout_s=30)
+    stop_kafka_node(STATE / "kafka")
 
 
 # --------------------------------------------------------------------------- commands
@@ -571,6 +610,8 @@ def main(argv: list[str]) -> int:
             if unknown:
                 raise SetupError(f"unknown service(s) {sorted(unknown)}; choose from {ALL}")
             cmd_start(which)
+        elif argv[0] == "stop" and argv[1:] == ["kafka"]:
+            stop_kafka()  # only Kafka, data kept: `start kafka` brings the same broker back
         elif argv[0] == "stop":
             cmd_stop()
         elif argv[0] == "env":

@@ -9,18 +9,35 @@ implement their small primitive operations.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from distkit.errors import InvalidArgumentError, MessagingError
-from distkit.messaging.message import Codec, Message, encode_headers, encode_key
+from distkit.messaging.message import Codec, Message, check_partition, check_topic_name, encode_headers, encode_key
 
 TopicPartition = tuple[str, int]
+RawRecord = tuple[str, bytes | None, bytes | None, Mapping[str, str | bytes] | None]  # topic, value, key, headers
 ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 OFFSET_RESETS = ("earliest", "latest")
+_P = TypeVar("_P", bound="TransactionalProducerBase")
+_NO_HEADERS: list[tuple[str, bytes]] = []  # shared, never mutated: no list per send
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_topic(topic: str) -> bool:
+    check_topic_name(topic)
+    return True
+
+
+def valid_topic(topic: str) -> None:
+    """:func:`check_topic_name`, cached for names that passed (a failure raises and is not cached)."""
+    if type(topic) is not str:
+        check_topic_name(topic)
+    _valid_topic(topic)
 
 
 @runtime_checkable
@@ -36,6 +53,20 @@ class Producer(Protocol):
         headers: Mapping[str, str | bytes] | None = None,
         partition: int | None = None,
     ) -> None: ...
+
+    def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Send ``value`` bytes as they are, bypassing the codec (``None`` is a tombstone)."""
+
+    def publish_raw(self, records: Sequence[RawRecord], timeout_s: float = 30.0) -> list[MessagingError | None]:
+        """Send raw ``(topic, value, key, headers)`` records, wait for the acks, return each one's error or ``None``."""
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every sent message is acknowledged; raise if any failed."""
@@ -97,6 +128,9 @@ class Consumer(Protocol):
 
     def seek(self, topic: str, partition: int, offset: int) -> None: ...
 
+    def committed(self, partitions: list[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets (next offset to read; ``None`` if nothing committed), from the broker."""
+
     def assignment(self) -> list[TopicPartition]: ...
 
     def close(self) -> None: ...
@@ -149,17 +183,54 @@ class ProducerBase:
         headers: Mapping[str, str | bytes] | None = None,
         partition: int | None = None,
     ) -> None:
-        if not topic:
-            raise InvalidArgumentError("send needs a topic name")
+        valid_topic(topic)
+        if partition is not None:
+            check_partition(partition)
         payload = self.codec.encode(value)  # raises SerializationError before anything is sent
-        self._produce(topic, encode_key(key), payload, encode_headers(headers), partition)
+        self._produce(topic, encode_key(key), payload, encode_headers(headers) if headers else _NO_HEADERS, partition)
+
+    def send_raw(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Send ``value`` bytes unchanged (no codec); ``None`` produces a tombstone."""
+        valid_topic(topic)
+        check_partition(partition)
+        if value is not None and not isinstance(value, bytes):
+            raise InvalidArgumentError(f"send_raw takes bytes or None, got {type(value).__name__}")
+        self._produce(topic, encode_key(key), value, encode_headers(headers), partition)
+
+    def publish_raw(self, records: Sequence[RawRecord], timeout_s: float = 30.0) -> list[MessagingError | None]:
+        """Send every ``(topic, value, key, headers)`` record unchanged and wait for the acks; one entry per
+        record: ``None`` if it was delivered, else the error that record met (the others are unaffected)."""
+        results: list[MessagingError | None] = [None] * len(records)
+        for i, (topic, value, key, headers) in enumerate(records):
+            try:
+                self.send_raw(topic, value, key=key, headers=headers)
+            except MessagingError as exc:
+                results[i] = exc
+        self.flush(timeout_s)
+        return results
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        raise NotImplementedError
 
     def send_message(self, message: Message) -> None:
         """Send a :class:`Message` (as a handler returns them)."""
         self.send(message.topic, message.value, key=message.key, headers=message.headers, partition=message.partition)
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], partition: int | None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        partition: int | None,
     ) -> None:
         raise NotImplementedError
 
@@ -183,7 +254,7 @@ class TransactionalProducerBase(ProducerBase):
     def in_transaction(self) -> bool:
         return self._in_txn
 
-    def __enter__(self) -> TransactionalProducerBase:
+    def __enter__(self: _P) -> _P:
         self.begin()
         return self
 
@@ -219,6 +290,9 @@ class ConsumerBase:
         raise NotImplementedError
 
     def _commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        raise NotImplementedError
+
+    def committed(self, partitions: list[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int | None]:
         raise NotImplementedError
 
     def commit(self, message: Message | None = None, *, offsets: Mapping[TopicPartition, int] | None = None) -> None:

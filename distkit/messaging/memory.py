@@ -3,8 +3,23 @@
 It has what the examples rely on: topics with partitions, consumer groups that split partitions and
 keep committed offsets, independent groups that each see every message, transactions whose messages stay
 invisible to ``read_committed`` consumers until commit (and forever after an abort), offsets committed
-inside a transaction, and zombie fencing by ``transactional_id`` epoch. The same contract tests run
-against it and against :class:`~distkit.messaging.KafkaBroker`.
+inside a transaction, and zombie fencing by ``transactional_id`` epoch. Like Kafka (classic group
+protocol) it also has:
+
+- **delayed rebalances**: a join or leave starts a rebalance that completes only when every member has
+  polled again (or missed ``rebalance_timeout_s`` and was expelled); until then members keep their old
+  partitions and the newcomer gets none, so two members never read one partition at once;
+- **generations**: offsets from a member of an older generation (or an expelled one) are refused --
+  ``commit`` raises :class:`~distkit.errors.CommitFailedError`, ``send_offsets`` raises
+  :class:`~distkit.errors.TransactionAbortedError` and the transaction must be aborted;
+- **commit markers**: each committed or aborted transaction writes a control record to every partition it
+  touched, so transactional offsets have gaps, and a group's committed offsets are not read while a
+  transaction holding offsets for them is still open (``require_stable``);
+- the same errors: :class:`~distkit.errors.MessagingError` where Kafka raises one (seek on a partition not
+  assigned, a partition that does not exist), :class:`~distkit.errors.MessageTooLargeError` over
+  ``max_message_bytes``, :class:`~distkit.errors.InvalidTopicError` for names Kafka refuses.
+
+The same contract tests run against it and against :class:`~distkit.messaging.KafkaBroker`.
 """
 
 from __future__ import annotations
@@ -16,7 +31,15 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from distkit.errors import InvalidArgumentError, MessagingError, ProducerFencedError, UnknownTopicError
+from distkit.errors import (
+    CommitFailedError,
+    InvalidArgumentError,
+    MessageTooLargeError,
+    MessagingError,
+    ProducerFencedError,
+    TransactionAbortedError,
+    UnknownTopicError,
+)
 from distkit.messaging.broker import (
     ConsumerBase,
     ProducerBase,
@@ -24,7 +47,7 @@ from distkit.messaging.broker import (
     TransactionalProducerBase,
     check_consumer_args,
 )
-from distkit.messaging.message import Codec, JsonCodec, Message, decode_headers
+from distkit.messaging.message import Codec, JsonCodec, Message, check_topic_name, decode_headers
 
 _OPEN, _COMMITTED, _ABORTED = "open", "committed", "aborted"
 
@@ -33,22 +56,29 @@ _OPEN, _COMMITTED, _ABORTED = "open", "committed", "aborted"
 class _Txn:
     state: str = _OPEN
     offsets: dict[tuple[str, TopicPartition], int] = field(default_factory=dict)  # (group, tp) -> offset
+    partitions: set[TopicPartition] = field(default_factory=set)  # where its commit/abort marker goes
+    doomed: str | None = None  # an abortable error happened: only abort() is allowed
 
 
 @dataclass
 class _Record:
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: list[tuple[str, bytes]]
     timestamp: int
     txn: _Txn | None
+    control: bool = False  # a transaction marker: takes an offset, never delivered
 
 
 @dataclass
 class _Group:
     committed: dict[TopicPartition, int] = field(default_factory=dict)
     members: list[MemoryConsumer] = field(default_factory=list)
+    generation: int = 0
+    rebalancing: bool = False
+    rejoined: list[MemoryConsumer] = field(default_factory=list)
+    rebalance_deadline: float = 0.0
 
 
 class InMemoryBroker:
@@ -63,11 +93,19 @@ class InMemoryBroker:
     """
 
     def __init__(
-        self, *, codec: Codec | None = None, auto_create_topics: bool = True, default_partitions: int = 1
+        self,
+        *,
+        codec: Codec | None = None,
+        auto_create_topics: bool = True,
+        default_partitions: int = 1,
+        rebalance_timeout_s: float = 10.0,
+        max_message_bytes: int = 1_000_000,
     ) -> None:
         self.codec: Codec = codec or JsonCodec()
         self.auto_create_topics = auto_create_topics
         self.default_partitions = default_partitions
+        self.rebalance_timeout_s = rebalance_timeout_s
+        self.max_message_bytes = max_message_bytes
         self._cond = threading.Condition()
         self._topics: dict[str, list[list[_Record]]] = {}
         self._groups: dict[str, _Group] = {}
@@ -78,6 +116,7 @@ class InMemoryBroker:
 
     # -- admin -------------------------------------------------------------------------------------
     def create_topic(self, name: str, partitions: int = 1) -> None:
+        check_topic_name(name)
         if partitions < 1:
             raise InvalidArgumentError(f"a topic needs at least one partition, got {partitions}")
         with self._cond:
@@ -140,20 +179,36 @@ class InMemoryBroker:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         headers: list[tuple[str, bytes]],
         partition: int | None,
         txn: _Txn | None,
     ) -> None:
+        size = len(value or b"") + len(key or b"") + sum(len(n) + len(v) for n, v in headers)
+        if size > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"produce to {topic} failed: record of {size} bytes is over max_message_bytes={self.max_message_bytes}"
+            )
         with self._cond:
             parts = self._partitions(topic, create=True)
             if partition is None:
                 partition = zlib.crc32(key) % len(parts) if key is not None else next(self._rr) % len(parts)
             elif not 0 <= partition < len(parts):
-                raise InvalidArgumentError(f"topic {topic!r} has {len(parts)} partitions; no partition {partition}")
+                raise MessagingError(
+                    f"produce to {topic} failed: the topic has {len(parts)} partition(s); no partition {partition}"
+                )
             log = parts[partition]
             log.append(_Record(len(log), key, value, headers, time.time_ns() // 1_000_000, txn))
+            if txn is not None:
+                txn.partitions.add((topic, partition))
             self._cond.notify_all()
+
+    def _mark(self, txn: _Txn) -> None:
+        """The commit/abort marker: one control record per partition the transaction wrote to."""
+        now = time.time_ns() // 1_000_000
+        for topic, partition in sorted(txn.partitions):
+            log = self._topics[topic][partition]
+            log.append(_Record(len(log), None, None, [], now, txn, control=True))
 
     def _init_epoch(self, transactional_id: str) -> int:
         """Bump the epoch: the previous holder's open transaction is aborted and it is fenced."""
@@ -161,24 +216,52 @@ class InMemoryBroker:
             old = self._open_txn.pop(transactional_id, None)
             if old is not None:
                 old.state = _ABORTED
+                self._mark(old)
             self._epochs[transactional_id] = self._epochs.get(transactional_id, 0) + 1
             self._cond.notify_all()
             return self._epochs[transactional_id]
 
-    def _rebalance(self, group: _Group) -> None:
-        """Range-free round robin of every subscribed partition over the members, in join order."""
-        tps = sorted(
-            {(t, p) for m in group.members for t in m.topics for p in range(len(self._partitions(t, create=True)))}
-        )
-        for m in group.members:
-            m._assigned = []
-        live = [m for m in group.members if set(m.topics)]
-        for i, tp in enumerate(tps):
+    def _start_rebalance(self, group: _Group, joined: MemoryConsumer | None = None) -> None:
+        """A member joined or left: members keep what they have until they poll again (rejoin)."""
+        if not group.rebalancing:
+            group.rebalancing = True
+            group.rejoined = []
+            group.rebalance_deadline = time.monotonic() + self.rebalance_timeout_s
+        if joined is not None and joined not in group.rejoined:
+            group.rejoined.append(joined)
+        self._maybe_complete(group)
+
+    def _rejoin(self, group: _Group, member: MemoryConsumer) -> None:
+        """``member`` polled during a rebalance: it gives up its partitions (eager protocol) and waits."""
+        if member not in group.rejoined:
+            member._assigned, member._positions = [], {}
+            group.rejoined.append(member)
+        self._maybe_complete(group)
+
+    def _maybe_complete(self, group: _Group) -> None:
+        if not group.rebalancing:
+            return
+        missing = [m for m in group.members if m not in group.rejoined]
+        if missing and time.monotonic() < group.rebalance_deadline:
+            return
+        for m in missing:  # missed the rebalance timeout: expelled, its generation is stale from now on
+            m._assigned, m._positions, m._generation = [], {}, -1
+        group.generation += 1
+        group.rebalancing = False
+        live = [m for m in group.rejoined if m in group.members]
+        group.rejoined = []
+        tps = sorted({(t, p) for m in live for t in m.topics for p in range(len(self._partitions(t, create=True)))})
+        for m in live:
+            m._assigned, m._positions, m._generation = [], {}, group.generation
+        for i, tp in enumerate(tps):  # round robin of every subscribed partition over the members, in join order
             owners = [m for m in live if tp[0] in m.topics]
             if owners:
                 owners[i % len(owners)]._assigned.append(tp)
-        for m in group.members:
-            m._positions = {tp: pos for tp, pos in m._positions.items() if tp in m._assigned}
+        self._cond.notify_all()
+
+    def _stable(self, group_id: str, tp: TopicPartition) -> bool:
+        """No open transaction holds offsets for ``tp`` of ``group_id`` (Kafka's ``require_stable``)."""
+        return not any((group_id, tp) in txn.offsets for txn in self._open_txn.values())
 
 
 class MemoryProducer(ProducerBase):
@@ -189,7 +272,12 @@ class MemoryProducer(ProducerBase):
         self.codec = broker.codec
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], partition: int | None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        partition: int | None,
     ) -> None:
         self._broker._append(topic, key, value, headers, partition, None)
 
@@ -231,23 +319,40 @@ class MemoryTransactionalProducer(TransactionalProducerBase):
             self._in_txn = True
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], partition: int | None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        partition: int | None,
     ) -> None:
         with self._broker._cond:
             self._require_txn("send")
             self._check_epoch()
+            self._check_doomed("send")
             self._broker._append(topic, key, value, headers, partition, self._txn)
 
+    def _check_doomed(self, what: str) -> None:
+        if self._txn is not None and self._txn.doomed:
+            raise TransactionAbortedError(f"{what} failed: {self._txn.doomed}; abort the transaction")
+
     def send_offsets(self, consumer: object, offsets: Mapping[TopicPartition, int]) -> None:
-        group_id = getattr(consumer, "group_id", None)
-        if not isinstance(group_id, str):
-            raise InvalidArgumentError("send_offsets needs a consumer of this broker")
+        if not isinstance(consumer, MemoryConsumer) or consumer._broker is not self._broker:
+            raise MessagingError("send_offsets needs a consumer of the same InMemoryBroker")
         with self._broker._cond:
             self._require_txn("send_offsets")
             self._check_epoch()
+            self._check_doomed("send_offsets")
             assert self._txn is not None
+            group = consumer._group
+            if consumer._closed or consumer._generation != group.generation:
+                self._txn.doomed = (
+                    f"group {consumer.group_id!r} moved to generation {group.generation} "
+                    f"(this member: {consumer._generation}); its offsets were refused"
+                )
+                self._check_doomed("send_offsets")
             for tp, off in offsets.items():
-                self._txn.offsets[(group_id, tp)] = off
+                self._txn.offsets[(consumer.group_id, tp)] = off
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Nothing is buffered in memory."""
@@ -257,13 +362,20 @@ class MemoryTransactionalProducer(TransactionalProducerBase):
             self._require_txn("commit" if state == _COMMITTED else "abort")
             self._check_epoch()
             assert self._txn is not None
+            if state == _COMMITTED and self._txn.doomed:
+                state, error = _ABORTED, f"commit failed: {self._txn.doomed}; the transaction was aborted"
+            else:
+                error = None
             self._txn.state = state
+            self._broker._mark(self._txn)
             if state == _COMMITTED:
                 for (group_id, tp), off in self._txn.offsets.items():
                     self._broker._groups.setdefault(group_id, _Group()).committed[tp] = off
             self._broker._open_txn.pop(self.transactional_id, None)
             self._txn, self._in_txn = None, False
             self._broker._cond.notify_all()
+            if error is not None:
+                raise TransactionAbortedError(error)
 
     def commit(self) -> None:
         self._finish(_COMMITTED)
@@ -291,21 +403,26 @@ class MemoryConsumer(ConsumerBase):
         self._committed_only = isolation_level == "read_committed"
         self._assigned: list[TopicPartition] = []
         self._positions: dict[TopicPartition, int] = {}
+        self._generation = -1
         self._closed = False
+        for t in topics:
+            check_topic_name(t)
         with broker._cond:
             for t in topics:
                 broker._partitions(t, create=True)
             self._group = broker._groups.setdefault(group_id, _Group())
             self._group.members.append(self)
-            broker._rebalance(self._group)
+            broker._start_rebalance(self._group, joined=self)
 
     def assignment(self) -> list[TopicPartition]:
         with self._broker._cond:
             return list(self._assigned)
 
-    def _position(self, tp: TopicPartition, log: list[_Record]) -> int:
+    def _position(self, tp: TopicPartition, log: list[_Record]) -> int | None:
         pos = self._positions.get(tp)
         if pos is None:
+            if not self._broker._stable(self.group_id, tp):
+                return None  # an open transaction holds offsets for it: wait until it ends
             pos = self._group.committed.get(tp)
             if pos is None:
                 pos = 0 if self._reset == "earliest" else len(log)
@@ -317,14 +434,17 @@ class MemoryConsumer(ConsumerBase):
         codec = self._broker.codec
         for tp in self._assigned:
             log = self._broker._topics[tp[0]][tp[1]]
-            pos = self._position(tp, log)
+            start = self._position(tp, log)
+            if start is None:
+                continue
+            pos = start
             while pos < len(log) and len(out) < max_messages:
                 rec = log[pos]
                 state = rec.txn.state if rec.txn is not None else _COMMITTED
                 if self._committed_only and state == _OPEN:
                     break  # the last stable offset: nothing past an open transaction is readable yet
                 pos += 1
-                if self._committed_only and state == _ABORTED:
+                if rec.control or (self._committed_only and state == _ABORTED):
                     continue
                 out.append(
                     Message(
@@ -332,9 +452,10 @@ class MemoryConsumer(ConsumerBase):
                         partition=tp[1],
                         offset=rec.offset,
                         key=rec.key,
-                        value=codec.decode(rec.value),
+                        value=None if rec.value is None else codec.decode(rec.value),
                         headers=decode_headers(list(rec.headers)),
                         timestamp=rec.timestamp,
+                        raw_value=rec.value,
                     )
                 )
             self._positions[tp] = pos
@@ -348,20 +469,44 @@ class MemoryConsumer(ConsumerBase):
         deadline = time.monotonic() + max(0.0, timeout_s)
         with self._broker._cond:
             while True:
-                got = self._take(max_messages)
+                group = self._group
+                if group.rebalancing:
+                    self._broker._rejoin(group, self)
+                elif self._generation != group.generation:  # expelled: join again
+                    self._broker._start_rebalance(group, joined=self)
+                got = [] if group.rebalancing else self._take(max_messages)
                 remaining = deadline - time.monotonic()
                 if got or remaining <= 0:
                     return got
-                self._broker._cond.wait(remaining)
+                wait = remaining
+                if group.rebalancing:  # wake up for the rebalance deadline too
+                    wait = max(0.001, min(remaining, group.rebalance_deadline - time.monotonic()))
+                self._broker._cond.wait(wait)
 
     def _commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         with self._broker._cond:
-            self._group.committed.update(offsets)
+            group = self._group
+            if self._closed or self._generation != group.generation:
+                raise CommitFailedError(
+                    f"offset commit of group {self.group_id!r} failed: the group moved to generation "
+                    f"{group.generation} (this member: {self._generation}); re-read and retry"
+                )
+            group.committed.update(offsets)
+
+    def committed(self, partitions: list[TopicPartition], timeout_s: float = 10.0) -> dict[TopicPartition, int | None]:
+        deadline = time.monotonic() + timeout_s
+        with self._broker._cond:
+            while not all(self._broker._stable(self.group_id, tp) for tp in partitions):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MessagingError(f"committed offsets of group {self.group_id!r}: a transaction is open")
+                self._broker._cond.wait(left)
+            return {tp: self._group.committed.get(tp) for tp in partitions}
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         with self._broker._cond:
             if (topic, partition) not in self._assigned:
-                raise InvalidArgumentError(f"partition {topic}[{partition}] is not assigned to this consumer")
+                raise MessagingError(f"seek {topic}[{partition}] to {offset} failed: partition not assigned")
             self._positions[(topic, partition)] = offset
 
     def position(self, tp: TopicPartition) -> int | None:
@@ -374,5 +519,9 @@ class MemoryConsumer(ConsumerBase):
                 return
             self._closed = True
             self._group.members.remove(self)
-            self._broker._rebalance(self._group)
+            if self in self._group.rejoined:
+                self._group.rejoined.remove(self)
+            self._assigned, self._positions = [], {}
+            if self._group.members:
+                self._broker._start_rebalance(self._group)
             self._broker._cond.notify_all()

@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from distkit.errors import SerializationError
+from distkit.errors import InvalidArgumentError, InvalidTopicError, SerializationError
 
 HeaderValue = str | bytes
 Headers = dict[str, HeaderValue]
@@ -37,6 +38,8 @@ class Message:
     partition: int | None = None
     offset: int | None = None
     timestamp: int | None = None  # unix ms
+    raw_value: bytes | None = field(default=None, compare=False, repr=False)
+    """The value bytes as they were on the broker (consumed messages only; ``None`` for a tombstone)."""
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """A header decoded as UTF-8 text (Kafka headers are bytes on the wire)."""
@@ -64,8 +67,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))  # built once: json.dumps with
-# options would build a new encoder on every call
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"))
+try:  # the C encoder, built once (JSONEncoder.encode builds a new one per call). No circular-reference markers:
+    # a shared markers dict is not thread-safe; a cycle ends in RecursionError instead, reported the same way.
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
+    from json.encoder import encode_basestring_ascii as _encode_ascii
+
+    _C_ENCODE: Any = _c_make_encoder(None, _json_default, _encode_ascii, None, ":", ",", False, False, True)
+except (ImportError, TypeError):  # pragma: no cover - PyPy or a Python without the C accelerator
+    _C_ENCODE = None
+
+
+def _to_json(value: Any) -> str:
+    if _C_ENCODE is None or isinstance(value, str):
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODE(value, 0))
 
 
 class JsonCodec:
@@ -79,8 +95,8 @@ class JsonCodec:
         if isinstance(value, bytes):
             return value
         try:
-            return _ENCODER.encode(value).encode("utf-8")
-        except (TypeError, ValueError) as exc:
+            return _to_json(value).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(
                 f"cannot serialise message value of type {type(value).__name__}: {exc}; "
                 "pass JSON-compatible data, bytes, or a broker with another codec"
@@ -88,13 +104,49 @@ class JsonCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
-        except (UnicodeDecodeError, ValueError):
+            return _DECODER.decode(data.decode("utf-8"))  # json.loads(bytes) sniffs the encoding on every call
+        except UnicodeDecodeError:
+            try:
+                return json.loads(data)  # UTF-16/32 JSON, as json.loads accepts it
+            except (UnicodeDecodeError, ValueError):
+                return data
+        except ValueError:
             return data
+
+
+_DECODER = json.JSONDecoder()
+
+
+def consumed(
+    topic: str,
+    partition: int | None,
+    offset: int | None,
+    key: bytes | None,
+    value: Any,
+    headers: Headers,
+    timestamp: int | None,
+    raw_value: bytes | None,
+) -> Message:
+    """A consumed :class:`Message`, built without the frozen dataclass's per-field ``object.__setattr__``
+    (the consumer's hot path: one per record)."""
+    m = object.__new__(Message)
+    m.__dict__.update(
+        topic=topic,
+        value=value,
+        key=key,
+        headers=headers,
+        partition=partition,
+        offset=offset,
+        timestamp=timestamp,
+        raw_value=raw_value,
+    )
+    return m
 
 
 def encode_key(key: bytes | str | int | None) -> bytes | None:
     """Keys are bytes on the wire; ``str`` and ``int`` keys are written as UTF-8 text."""
+    if type(key) is str:
+        return key.encode("utf-8")
     if key is None or isinstance(key, bytes):
         return key
     if isinstance(key, str | int) and not isinstance(key, bool):
@@ -102,19 +154,44 @@ def encode_key(key: bytes | str | int | None) -> bytes | None:
     raise SerializationError(f"message key must be bytes, str or int, got {type(key).__name__}")
 
 
+_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def check_topic_name(topic: Any) -> None:
+    """Kafka's topic-name rule (``[a-zA-Z0-9._-]``, 1-249 characters, not ``.`` or ``..``)."""
+    if not isinstance(topic, str) or not topic:
+        raise InvalidTopicError(f"a topic name must be a non-empty string, got {topic!r}")
+    if not _TOPIC_RE.fullmatch(topic) or topic in (".", ".."):
+        raise InvalidTopicError(
+            f"invalid topic name {topic[:60]!r}: use 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'"
+        )
+
+
 def encode_headers(headers: Mapping[str, Any] | None) -> list[tuple[str, bytes]]:
-    """Headers as Kafka's list of ``(name, bytes)``; values must be ``str`` or ``bytes``."""
+    """Headers as Kafka's list of ``(name, bytes)``: ``str`` values as UTF-8, ``bytes`` unchanged."""
     out: list[tuple[str, bytes]] = []
     if not headers:
         return out
-    for name, value in (headers or {}).items():
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name:
+            raise SerializationError(f"header names must be non-empty str, got {name!r}")
         if isinstance(value, bytes):
             out.append((name, value))
         elif isinstance(value, str):
-            out.append((name, value.encode("utf-8")))
+            try:
+                out.append((name, value.encode("utf-8")))
+            except UnicodeEncodeError as exc:  # lone surrogates
+                raise SerializationError(f"header {name!r} is not valid text ({exc}); pass bytes instead") from exc
+        elif isinstance(value, bytearray | memoryview):
+            out.append((name, bytes(value)))
         else:
             raise SerializationError(f"header {name!r} must be str or bytes, got {type(value).__name__}")
     return out
+
+
+def check_partition(partition: Any) -> None:
+    if partition is not None and (not isinstance(partition, int) or isinstance(partition, bool) or partition < 0):
+        raise InvalidArgumentError(f"partition must be None or an int >= 0, got {partition!r}")
 
 
 def decode_headers(raw: list[tuple[str, bytes | None]] | None) -> Headers:

@@ -6,10 +6,20 @@ unsent rows in insertion order, publishes them with an idempotent producer (key 
 the same events with the same ``event-id`` on restart: delivery is at-least-once, and consumers dedupe on
 ``event-id`` (``distkit.idempotency``). Relays lock the rows they read (``SELECT … FOR UPDATE``), so
 several relay processes never publish one key's events out of order.
+
+Headers are stored as typed JSON (text as text, bytes as base64) and sent as UTF-8 / the original bytes.
+``add`` validates everything the broker would refuse (topic name, header types and text, record size), so
+a bad event fails the business transaction. A row that still cannot be published (written by other code,
+or refused by the broker) is a *poison row*: its ``attempts``/``last_error`` are updated, later rows of the
+same topic and key wait behind it, every other row keeps flowing, and after ``max_attempts`` row-specific
+failures it is moved to the ``<table>_dead`` table (counted in :attr:`OutboxRelay.stats`). Broker outages
+never dead-letter anything: the relay raises and ``run_forever`` backs off.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import logging
@@ -17,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -31,15 +42,22 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     insert,
     select,
     update,
 )
 
 from distkit._sql import create_table
-from distkit.errors import InvalidArgumentError, MessagingError
-from distkit.messaging.broker import Broker, Producer
-from distkit.messaging.message import Codec, JsonCodec, encode_headers, encode_key
+from distkit.errors import (
+    BrokerUnavailableError,
+    InvalidArgumentError,
+    MessageTooLargeError,
+    MessagingError,
+    SerializationError,
+)
+from distkit.messaging.broker import Broker, Producer, RawRecord
+from distkit.messaging.message import Codec, JsonCodec, check_topic_name, encode_headers, encode_key
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +84,57 @@ def outbox_table(name: str, metadata: MetaData | None = None) -> Table:
     )
 
 
+def dead_table(name: str, metadata: MetaData | None = None) -> Table:
+    """Where poison rows go: the outbox row as it was, plus when it was parked."""
+    md = metadata or MetaData()
+    return Table(
+        name,
+        md,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+        Column("event_id", String(64), nullable=False),
+        Column("topic", Text, nullable=False),
+        Column("message_key", LargeBinary, nullable=True),
+        Column("payload", LargeBinary, nullable=False),
+        Column("headers", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("dead_at", DateTime(timezone=True), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("last_error", Text, nullable=True),
+    )
+
+
+def dump_headers(headers: Mapping[str, str | bytes]) -> str:
+    """Typed JSON: ``[[name, "s", text] | [name, "b", base64], ...]`` (bytes stay bytes, text stays text)."""
+    out: list[list[str]] = []
+    for name, value in headers.items():
+        if isinstance(value, bytes):
+            out.append([name, "b", base64.b64encode(value).decode("ascii")])
+        else:
+            out.append([name, "s", value])
+    return json.dumps(out, ensure_ascii=False)
+
+
+def load_headers(text: str) -> dict[str, str | bytes]:
+    """:func:`dump_headers` back; a row of the old ``{name: text}`` format has text values (sent as UTF-8)."""
+    raw = json.loads(text)
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    out: dict[str, str | bytes] = {}
+    for name, kind, value in raw:
+        out[name] = base64.b64decode(value, validate=True) if kind == "b" else value
+    return out
+
+
+@dataclass
+class RelayStats:
+    """What an :class:`OutboxRelay` did since it was created."""
+
+    published: int = 0
+    failed_attempts: int = 0  # row-specific publish failures (each counts one attempt on its row)
+    dead_lettered: int = 0  # rows moved to the dead-letter table
+    outages: int = 0  # batches that failed because the broker was unavailable
+
+
 class Outbox:
     """Where services write events inside their own database transaction.
 
@@ -76,17 +145,26 @@ class Outbox:
     """
 
     def __init__(
-        self, engine: Engine, table: str = "distkit_outbox", *, codec: Codec | None = None, create: bool = True
+        self,
+        engine: Engine,
+        table: str = "distkit_outbox",
+        *,
+        codec: Codec | None = None,
+        create: bool = True,
+        max_message_bytes: int = 1_000_000,
     ) -> None:
         self.engine = engine
         self.codec: Codec = codec or JsonCodec()
+        self.max_message_bytes = max_message_bytes  # librdkafka's message.max.bytes default
         self.table = outbox_table(table)
+        self.dead = dead_table(f"{table}_dead")
         if create:
             self.create_table()
 
     def create_table(self) -> None:
-        """Create the table and its index if they do not exist."""
+        """Create the outbox table, its index and the dead-letter table if they do not exist."""
         create_table(self.engine, self.table)
+        create_table(self.engine, self.dead)
 
     def add(
         self,
@@ -101,20 +179,26 @@ class Outbox:
         """Insert one event through ``session`` (an ORM ``Session`` or a ``Connection``) in the caller's
         transaction; returns its ``event-id``. The value is encoded now, so a bad value fails the business
         transaction rather than the relay."""
-        if not topic:
-            raise InvalidArgumentError("outbox.add needs a topic")
+        check_topic_name(topic)
         payload = self.codec.encode(value)
-        encoded_headers = {
-            k: v.decode("latin-1") if isinstance(v, bytes) else v for k, v in encode_and_check(headers).items()
-        }
+        checked = encode_and_check(headers)
+        message_key = encode_key(key)
         event_id = event_id or str(uuid.uuid4())
+        if not isinstance(event_id, str) or not 0 < len(event_id) <= 64:
+            raise InvalidArgumentError(f"event_id must be a string of 1-64 characters, got {event_id!r}")
+        size = len(payload) + len(message_key or b"") + len(event_id) + sum(len(n) + len(v) for n, v in wire(checked))
+        if size > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"outbox event of {size} bytes is over max_message_bytes={self.max_message_bytes}; "
+                "store the payload elsewhere and send a reference"
+            )
         session.execute(
             insert(self.table).values(
                 event_id=event_id,
                 topic=topic,
-                message_key=encode_key(key),
+                message_key=message_key,
                 payload=payload,
-                headers=json.dumps(encoded_headers),
+                headers=dump_headers(checked),
                 created_at=dt.datetime.now(dt.timezone.utc),
                 attempts=0,
             )
@@ -133,15 +217,25 @@ class Outbox:
             )
 
 
+def wire(headers: Mapping[str, str | bytes]) -> list[tuple[str, bytes]]:
+    return encode_headers(headers)
+
+
 def encode_and_check(headers: Mapping[str, str | bytes] | None) -> dict[str, str | bytes]:
-    encode_headers(dict(headers or {}))  # type check: raises SerializationError on bad values
-    if headers and EVENT_ID_HEADER in headers:
+    """Headers as given (``str`` or ``bytes`` values, valid UTF-8 text); raises ``SerializationError``."""
+    checked = {k: bytes(v) if isinstance(v, bytearray | memoryview) else v for k, v in (headers or {}).items()}
+    encode_headers(checked)  # names non-empty str, values str (encodable as UTF-8) or bytes
+    if EVENT_ID_HEADER in checked:
         raise InvalidArgumentError(f"the {EVENT_ID_HEADER!r} header is set by the outbox; pass event_id= instead")
-    return dict(headers or {})
+    return checked
 
 
 class OutboxRelay:
-    """Publishes unsent outbox rows in order and marks them sent (see module docs)."""
+    """Publishes unsent outbox rows in order and marks them sent (see module docs).
+
+    ``max_attempts``: row-specific failures (invalid topic, record too large, unknown topic, undecodable
+    headers ...) before the row moves to the dead-letter table; broker outages do not count towards it.
+    """
 
     def __init__(
         self,
@@ -152,15 +246,20 @@ class OutboxRelay:
         poll_interval_s: float = 0.5,
         max_backoff_s: float = 30.0,
         flush_timeout_s: float = 30.0,
+        max_attempts: int = 5,
     ) -> None:
         if batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        if max_attempts < 1:
+            raise InvalidArgumentError(f"max_attempts must be >= 1, got {max_attempts}")
         self.outbox = outbox
         self.broker = broker
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self.max_backoff_s = max_backoff_s
         self.flush_timeout_s = flush_timeout_s
+        self.max_attempts = max_attempts
+        self.stats = RelayStats()
         self._producer: Producer | None = None
         self._stop = threading.Event()
 
@@ -172,8 +271,9 @@ class OutboxRelay:
     def run_once(self) -> int:
         """Publish one batch of unsent events; returns how many were published and marked sent.
 
-        On a publish failure the rows stay unsent (their ``attempts``/``last_error`` are updated) and the
-        error is raised.
+        Rows that fail on their own are recorded (``attempts``, ``last_error``) or dead-lettered, and the
+        others are still published and marked. If the broker is unavailable, the failed rows are recorded
+        and :class:`~distkit.errors.BrokerUnavailableError` is raised.
         """
         t = self.outbox.table
         with self.outbox.engine.connect() as conn, conn.begin():
@@ -182,27 +282,81 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
+            sendable, errors = self._prepare(rows)
+            outage: BrokerUnavailableError | None = None
             try:
-                self._publish(rows)
-            except MessagingError as exc:
-                conn.execute(
-                    update(t)
-                    .where(t.c.id.in_([r.id for r in rows]))
-                    .values(attempts=t.c.attempts + 1, last_error=str(exc)[:2000])
-                )
-                error = exc
-            else:
-                self._mark_sent(conn, [r.id for r in rows])
-                return len(rows)
-        raise error
+                results = self._get_producer().publish_raw([rec for _row, rec in sendable], self.flush_timeout_s)
+            except BrokerUnavailableError as exc:  # nothing acknowledged for sure: all of them stay unsent
+                outage = exc
+                results = [exc] * len(sendable)
+            sent: list[int] = []
+            for (row, _rec), error in zip(sendable, results, strict=True):
+                if error is None:
+                    sent.append(row.id)
+                else:
+                    errors[row.id] = (row, error)
+            if sent:
+                self._mark_sent(conn, sent)
+            for row, failure in errors.values():
+                self._record_failure(conn, row, failure)
+            self.stats.published += len(sent)
+        if outage is not None:
+            self.stats.outages += 1
+            raise outage
+        return len(sent)
 
-    def _publish(self, rows: Sequence[Any]) -> None:
-        producer = self._get_producer()
+    def _prepare(self, rows: Sequence[Any]) -> tuple[list[tuple[Any, RawRecord]], dict[int, tuple[Any, BaseException]]]:
+        """The records to send now: a row that failed before holds back the later rows of its topic and key
+        (per-key order), and a row whose stored headers cannot be decoded fails on its own."""
+        sendable: list[tuple[Any, RawRecord]] = []
+        errors: dict[int, tuple[Any, BaseException]] = {}
+        blocked: set[tuple[str, bytes | None]] = set()
         for r in rows:
-            headers: dict[str, str | bytes] = {k: v.encode("latin-1") for k, v in json.loads(r.headers).items()}
+            lane = (r.topic, r.message_key)
+            if lane in blocked:
+                continue
+            if r.attempts:
+                blocked.add(lane)  # it may fail again: nothing behind it may overtake it
+            try:
+                headers = load_headers(r.headers)
+            except (ValueError, TypeError, binascii.Error) as exc:
+                errors[r.id] = (r, SerializationError(f"stored headers cannot be decoded: {exc}"))
+                blocked.add(lane)
+                continue
             headers[EVENT_ID_HEADER] = r.event_id
-            producer.send(r.topic, bytes(r.payload), key=r.message_key, headers=headers)
-        producer.flush(self.flush_timeout_s)
+            key = bytes(r.message_key) if r.message_key is not None else None
+            sendable.append((r, (r.topic, bytes(r.payload), key, headers)))
+        return sendable, errors
+
+    def _record_failure(self, conn: Any, row: Any, error: BaseException) -> None:
+        t, dead = self.outbox.table, self.outbox.dead
+        attempts = int(row.attempts or 0) + 1
+        text = f"{type(error).__name__}: {error}"[:2000]
+        if isinstance(error, BrokerUnavailableError) or attempts < self.max_attempts:
+            if not isinstance(error, BrokerUnavailableError):
+                self.stats.failed_attempts += 1
+                log.warning("outbox relay: event %s failed (attempt %d/%d): %s",
+                            row.event_id, attempts, self.max_attempts, text)
+            conn.execute(update(t).where(t.c.id == row.id).values(attempts=attempts, last_error=text))
+            return
+        self.stats.failed_attempts += 1
+        self.stats.dead_lettered += 1
+        log.error("outbox relay: event %s failed %d times (%s); moved to %s", row.event_id, attempts, text, dead.name)
+        conn.execute(
+            insert(dead).values(
+                id=row.id,
+                event_id=row.event_id,
+                topic=row.topic,
+                message_key=row.message_key,
+                payload=row.payload,
+                headers=row.headers,
+                created_at=row.created_at,
+                dead_at=dt.datetime.now(dt.timezone.utc),
+                attempts=attempts,
+                last_error=text,
+            )
+        )
+        conn.execute(delete(t).where(t.c.id == row.id))
 
     def _mark_sent(self, conn: Any, ids: list[int]) -> None:
         t = self.outbox.table
@@ -212,7 +366,7 @@ class OutboxRelay:
         self._stop.set()
 
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
-        """Relay until :meth:`stop` / ``stop_event``; failures back off exponentially up to ``max_backoff_s``."""
+        """Relay until :meth:`stop` / ``stop_event``; outages back off exponentially up to ``max_backoff_s``."""
         backoff = self.poll_interval_s
         while not self._stop.is_set() and not (stop_event is not None and stop_event.is_set()):
             try:

@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from distkit.errors import ProducerFencedError, SerializationError
+from distkit.errors import (
+    CommitFailedError,
+    InvalidTopicError,
+    MessagingError,
+    ProducerFencedError,
+    SerializationError,
+    TransactionAbortedError,
+)
 from distkit.messaging import Message, TransactionalProcessor
 from tests.messaging.conftest import drain, uid
 
@@ -239,3 +246,130 @@ def test_processor_stops_on_event_after_finishing_its_transaction(broker, topic)
     proc.close()
     assert stats.processed == 3
     assert [m.value["n"] for m in drain(broker, [out], expect=3)] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- issue 15 item 12: InMemoryBroker parity
+
+
+def test_transactional_offsets_have_gaps_for_commit_markers(broker, topic):
+    t = topic()
+    tx = broker.transactional_producer(uid("tx"))
+    for batch in range(2):
+        with tx:
+            for i in range(3):
+                tx.send(t, {"b": batch, "i": i})
+    with pytest.raises(RuntimeError), tx:
+        tx.send(t, "aborted")
+        tx.flush()  # on the log (else librdkafka drops it before it takes an offset)
+        raise RuntimeError("abort")
+    with tx:
+        tx.send(t, "last")
+    got = drain(broker, [t], expect=7, until=lambda m: m.value == "last")
+    # each commit/abort marker takes an offset: 0-2, [3], 4-6, [7], aborted 8, [9], 10
+    assert [m.offset for m in got] == [0, 1, 2, 4, 5, 6, 10]
+
+
+def test_a_new_member_gets_no_partition_until_the_old_member_polls_again(broker, topic):
+    t = topic(partitions=2)
+    group = uid()
+    a = broker.consumer(group, [t])
+    b = None
+    try:
+        deadline = time.monotonic() + 30
+        while len(a.assignment()) < 2:
+            assert time.monotonic() < deadline
+            a.poll_batch(10, 0.2)
+        b = broker.consumer(group, [t])
+        for _ in range(3):  # a does not poll: the rebalance cannot complete, b reads nothing
+            assert b.poll_batch(10, 0.3) == [] and b.assignment() == []
+        assert len(a.assignment()) == 2  # a keeps its partitions until it rejoins
+        while not (len(a.assignment()) == 1 and len(b.assignment()) == 1):
+            assert time.monotonic() < deadline + 30, (a.assignment(), b.assignment())
+            a.poll_batch(10, 0.2)
+            b.poll_batch(10, 0.2)
+    finally:
+        a.close()
+        if b is not None:
+            b.close()
+
+
+def test_a_second_processor_joining_mid_stream_duplicates_nothing(broker, broker_kind, topic):
+    src, out = topic(partitions=4), topic()
+    n = 80
+    with broker.transactional_producer(uid("tx")) as tx:
+        for i in range(n):
+            tx.send(src, {"n": i}, key=str(i))
+    group = uid("g")
+    started = threading.Event()
+    handled: Counter[str] = Counter()
+
+    def make(name: str) -> TransactionalProcessor:
+        def handler(m: Message) -> list[Message]:
+            handled[name] += 1
+            if handled["a"] >= 10:
+                started.set()
+            time.sleep(0.01)
+            return [Message(topic=out, key=m.key, value=m.value)]
+
+        return TransactionalProcessor(
+            broker, group_id=group, input_topics=[src], transactional_id=uid(name), handler=handler, batch_size=5
+        )
+
+    procs = {"a": make("a"), "b": make("b")}
+    stats: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        stats[name] = procs[name].run(idle_timeout_s=4 if broker_kind == "kafka" else 0.5, handle_signals=False)
+
+    ta = threading.Thread(target=run, args=("a",))
+    ta.start()
+    assert started.wait(30)
+    tb = threading.Thread(target=run, args=("b",))
+    tb.start()
+    ta.join(90)
+    tb.join(90)
+    for p in procs.values():
+        p.close()
+    counts = Counter(m.value["n"] for m in drain(broker, [out], expect=n))
+    assert sorted(counts) == list(range(n)) and set(counts.values()) == {1}, counts  # 0 duplicates
+    assert stats["a"].processed + stats["b"].processed == n
+
+
+def test_broker_side_errors_are_messaging_errors_on_both_brokers(broker, topic):
+    t = topic()
+    consumer = broker.consumer(uid(), [t])
+    try:
+        with pytest.raises(MessagingError):
+            consumer.seek(t, 5, 0)  # not assigned (no such partition)
+    finally:
+        consumer.close()
+    tx = broker.transactional_producer(uid("tx"))
+    with pytest.raises(MessagingError), tx:
+        tx.send(t, "x", partition=7)  # the topic has one partition
+    with pytest.raises(InvalidTopicError):
+        tx.send("bad topic!", 1)  # refused before anything is sent, as on Kafka
+
+
+def test_stale_group_member_offsets_are_refused():
+    """Kafka refuses commits from a member of an older generation (ILLEGAL_GENERATION/UNKNOWN_MEMBER_ID);
+    on a real broker this needs max.poll.interval.ms to pass, so it runs on the in-memory broker only."""
+    from distkit.messaging import InMemoryBroker
+
+    broker = InMemoryBroker(rebalance_timeout_s=0.2)
+    broker.create_topic("t", 2)
+    with broker.transactional_producer("seed") as tx:
+        for i in range(4):
+            tx.send("t", i, partition=i % 2)
+    a = broker.consumer("g", ["t"])
+    (m,) = a.poll_batch(1, 0.1)
+    b = broker.consumer("g", ["t"])
+    assert b.poll_batch(10, 0.5)  # a never polled again: expelled after 0.2 s, b owns everything
+    with pytest.raises(CommitFailedError):
+        a.commit(m)
+    tx = broker.transactional_producer("p")
+    with pytest.raises(TransactionAbortedError, match="refused"), tx:
+        tx.send("out", 1)
+        tx.send_offsets(a, {("t", m.partition): m.offset + 1})
+    assert broker.consumer("fresh", ["out"]).poll_batch(10, 0.1) == []  # the aborted output never shows
+    a.close()
+    b.close()

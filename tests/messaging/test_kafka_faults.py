@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -83,8 +84,8 @@ def test_sigterm_finishes_the_current_transaction_and_exits_cleanly(kafka_bootst
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "working"
     child.send_signal(signal.SIGTERM)
-    rest = child.stdout.read()
-    assert child.wait(timeout=60) == 0
+    rest, _ = child.communicate(timeout=60)  # bounded: a hung child fails the test instead of hanging it
+    assert child.returncode == 0
     processed = int(rest.split()[-1])
     assert 0 < processed < 200 and processed % 10 == 0  # stopped between whole transactions
     outputs = drain(broker, [out], expect=processed)
@@ -94,4 +95,44 @@ def test_sigterm_finishes_the_current_transaction_and_exits_cleanly(kafka_bootst
     first = resumed.poll_iter(timeout_s=0.5, max_messages=1)
     assert next(first).value == {"n": processed}
     resumed.close()
+    broker.close()
+
+
+class _HangingSendOffsets:
+    """librdkafka's send_offsets_to_transaction ignoring its timeout (librdkafka #5456), reproduced."""
+
+    def __init__(self, rd: object, release: threading.Event) -> None:
+        self._rd, self._release = rd, release
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._rd, name)
+
+    def send_offsets_to_transaction(self, *args: object) -> None:
+        self._release.wait(60)
+
+
+def test_a_hung_send_offsets_is_abandoned_after_timeout_and_the_producer_replaced(kafka_bootstrap, new_topic):
+    src = new_topic()
+    broker = KafkaBroker(kafka_bootstrap, timeout_s=1.5)
+    release = threading.Event()
+    tx = broker.transactional_producer(uid("hang"))
+    consumer = broker.consumer(uid("g"), [src])
+    tx._rd = _HangingSendOffsets(tx._rd, release)  # type: ignore[assignment]
+    try:
+        tx.begin()
+        t0 = time.monotonic()
+        with pytest.raises(BrokerUnavailableError, match="did not return within 1.5"):
+            tx.send_offsets(consumer, {(src, 0): 0})
+        assert time.monotonic() - t0 < 1.5 + 2 + 2  # timeout + grace, not forever
+        assert not tx.usable
+        with pytest.raises(BrokerUnavailableError, match="unusable"):
+            tx.begin()
+        fresh = broker.transactional_producer(tx.transactional_id)  # a new instance, fencing the hung one
+        assert fresh is not tx and fresh.usable
+        with fresh:
+            fresh.send(src, {"ok": 1})
+    finally:
+        release.set()
+        consumer.close()
+    assert [m.value for m in drain(broker, [src], expect=1, quiet_s=0.2)] == [{"ok": 1}]
     broker.close()

@@ -13,7 +13,7 @@ from distkit.messaging.broker import check_consumer_args
 from distkit.messaging.kafka.consumer import KafkaConsumer
 from distkit.messaging.kafka.errors import translate
 from distkit.messaging.kafka.producer import KafkaProducer, KafkaTransactionalProducer
-from distkit.messaging.message import Codec, JsonCodec
+from distkit.messaging.message import Codec, JsonCodec, check_topic_name
 
 
 class KafkaBroker:
@@ -53,6 +53,7 @@ class KafkaBroker:
         self._admin: AdminClient | None = None
         self._known_topics: set[str] = set()
         self._producers: dict[str, KafkaTransactionalProducer] = {}
+        self._initialising: dict[str, KafkaTransactionalProducer] = {}  # init_transactions timed out: resume it
         self._lock = threading.Lock()
 
     @classmethod
@@ -96,6 +97,9 @@ class KafkaBroker:
 
     def create_topic(self, name: str, partitions: int = 1, replication_factor: int = 1) -> None:
         """Create ``name`` (no error if it already exists)."""
+        check_topic_name(name)
+        if partitions < 1:
+            raise InvalidArgumentError(f"a topic needs at least one partition, got {partitions}")
         futures = self._admin_client().create_topics(
             [NewTopic(name, partitions, replication_factor)], operation_timeout=self.timeout_s
         )
@@ -113,21 +117,32 @@ class KafkaBroker:
             raise InvalidArgumentError("transactional_id must be a non-empty string")
         with self._lock:
             producer = self._producers.get(transactional_id)
-            if producer is None or producer._fenced:
-                self._refresh_topics()  # bounded reachability check before librdkafka's own waits
-                producer = KafkaTransactionalProducer(
-                    dict(self._config), self.codec, self._check_topic, transactional_id, self.timeout_s
-                )
-                self._producers[transactional_id] = producer
+            if producer is None or not producer.usable:
+                producer = self._make_producer(transactional_id)
             return producer
 
     def new_transactional_producer(self, transactional_id: str) -> KafkaTransactionalProducer:
         """A separate producer instance with this id (it fences any older one), as a restarted process has."""
-        producer = KafkaTransactionalProducer(
-            dict(self._config), self.codec, self._check_topic, transactional_id, self.timeout_s
-        )
+        if not transactional_id:
+            raise InvalidArgumentError("transactional_id must be a non-empty string")
         with self._lock:
-            self._producers[transactional_id] = producer
+            return self._make_producer(transactional_id)
+
+    def _make_producer(self, transactional_id: str) -> KafkaTransactionalProducer:
+        """A new initialised instance; one whose ``init_transactions`` timed out is resumed, not duplicated."""
+        producer = self._initialising.pop(transactional_id, None)
+        if producer is None or not producer.usable:
+            self._refresh_topics()  # bounded reachability check before librdkafka's own waits
+            producer = KafkaTransactionalProducer(
+                dict(self._config), self.codec, self._check_topic, transactional_id, self.timeout_s, init=False
+            )
+        try:
+            producer.init()
+        except BrokerUnavailableError:
+            if producer.usable:
+                self._initialising[transactional_id] = producer
+            raise
+        self._producers[transactional_id] = producer
         return producer
 
     def producer(self) -> KafkaProducer:
@@ -150,13 +165,13 @@ class KafkaBroker:
         for t in missing:
             self.create_topic(t)
         config = {
-            **self._config,
-            "auto.offset.reset": auto_offset_reset,
-            "isolation.level": isolation_level,
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
+            **self._config,  # the caller's config wins over these defaults
+            "auto.offset.reset": auto_offset_reset,
+            "isolation.level": isolation_level,
         }
-        return KafkaConsumer(config, self.codec, group_id, list(topics))
+        return KafkaConsumer(config, self.codec, group_id, list(topics), close_timeout_s=max(10.0, 3 * self.timeout_s))
 
     def close(self) -> None:
         with self._lock:
