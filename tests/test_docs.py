@@ -27,7 +27,6 @@ SERVICE_ENV = ("DISTKIT_REDIS_URL", "DISTKIT_REDIS_CLUSTER_NODES", "DISTKIT_DATA
 
 # ------------------------------------------------------------------ the list to shrink (path -> why it fails)
 KNOWN_FAILING: dict[str, str] = {
-    "docs/messaging.md": "block at line 54 calls an undefined send_mail; the outbox block uses an undefined orders",
 }
 # ------------------------------------------------------------------
 
