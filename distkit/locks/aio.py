@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -33,6 +34,7 @@ from distkit.locks.lock import map_error
 from distkit.locks.ops import Call, Flow, Step
 from distkit.locks.waiters import AsyncHub
 from distkit.locks.watchdog import AsyncWatchdog, report_lost_in_loop
+from distkit.tracing.spans import add_event, tracer_for
 
 if TYPE_CHECKING:
     from distkit.locks.multi import AsyncMultiLock
@@ -132,7 +134,8 @@ class AsyncLock(LockView):
         lease_s: float | None = None,
     ) -> Coroutine[Any, Any, bool]:
         """See :meth:`distkit.locks.Lock.acquire`; the owner is the task that called ``acquire()``."""
-        return _owned(lambda: self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name))
+        coro = _owned(lambda: self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name))
+        return coro if tracer_for(None) is None else _evented(coro, self.name)
 
     def release(self) -> Coroutine[Any, Any, bool]:
         """See :meth:`distkit.locks.Lock.release`."""
@@ -269,3 +272,11 @@ class AsyncSemaphore(SemaphoreView):
 
 AsyncLocks.lock_class = AsyncLock
 AsyncLocks.semaphore_class = AsyncSemaphore
+
+
+async def _evented(acquire: Coroutine[Any, Any, bool], name: str) -> bool:
+    """An acquire whose outcome and wait are recorded on the caller's span (only when a tracer is configured)."""
+    t0 = time.monotonic()
+    ok = await acquire
+    add_event("distkit.lock.acquire", {"lock": name, "acquired": ok, "wait_ms": (time.monotonic() - t0) * 1e3})
+    return ok

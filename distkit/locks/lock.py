@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -25,6 +26,7 @@ from distkit.locks.holds import Hold, thread_alive, thread_serial
 from distkit.locks.ops import Call, Flow, Step
 from distkit.locks.waiters import Hub
 from distkit.locks.watchdog import CallbackThreads, Watchdog
+from distkit.tracing.spans import add_event, tracer_for
 
 if TYPE_CHECKING:
     from distkit.locks.multi import MultiLock
@@ -171,7 +173,12 @@ class Lock(LockView):
         that long unless released. ``timeout`` is in seconds. Returns False when not acquired
         (``blocking=False``, or ``timeout`` passed); returns or raises within ``timeout`` even when Redis is
         unreachable."""
-        return self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name)
+        if tracer_for(None) is None:
+            return self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name)
+        t0 = time.monotonic()
+        ok = self._locks.run(self._acquire(blocking, timeout, lease_ms, lease_s), self.name)
+        add_event("distkit.lock.acquire", {"lock": self.name, "acquired": ok, "wait_ms": (time.monotonic() - t0) * 1e3})
+        return ok
 
     def release(self) -> None:
         """Release one hold. Raises :class:`~distkit.errors.LockNotOwnedError` if the caller does not hold it,

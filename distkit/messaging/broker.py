@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from distkit.errors import InvalidArgumentError, MessagingError
+from distkit.messaging._tracing import with_trace_headers
 from distkit.messaging.message import Codec, Message, check_partition, check_topic_name, encode_headers, encode_key
 
 TopicPartition = tuple[str, int]
@@ -187,6 +188,7 @@ class ProducerBase:
         if partition is not None:
             check_partition(partition)
         payload = self.codec.encode(value)  # raises SerializationError before anything is sent
+        headers = with_trace_headers(headers)  # the trace (and request context) travel with the message
         self._produce(topic, encode_key(key), payload, encode_headers(headers) if headers else _NO_HEADERS, partition)
 
     def send_raw(

@@ -56,6 +56,7 @@ from distkit.errors import (
     MessagingError,
     SerializationError,
 )
+from distkit.messaging._tracing import with_trace_headers
 from distkit.messaging.broker import Broker, Producer, RawRecord
 from distkit.messaging.message import Codec, JsonCodec, check_topic_name, encode_headers, encode_key
 
@@ -181,7 +182,7 @@ class Outbox:
         transaction rather than the relay."""
         check_topic_name(topic)
         payload = self.codec.encode(value)
-        checked = encode_and_check(headers)
+        checked = encode_and_check(with_trace_headers(headers))  # the business request's trace rides along
         message_key = encode_key(key)
         event_id = event_id or str(uuid.uuid4())
         if not isinstance(event_id, str) or not 0 < len(event_id) <= 64:

@@ -41,6 +41,7 @@ from distkit.errors import (
     SerializationError,
     UnknownTopicError,
 )
+from distkit.messaging._tracing import traced
 from distkit.messaging.broker import Broker, Consumer, TopicPartition, TransactionalProducer
 from distkit.messaging.message import Message
 
@@ -178,7 +179,7 @@ class TransactionalProcessor:
         self.group_id = group_id
         self.input_topics = list(input_topics)
         self.transactional_id = transactional_id
-        self.handler = handler
+        self.handler = traced(handler)  # a consumer span continuing the trace
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s

@@ -34,6 +34,7 @@ from distkit.ratelimit.backends import AsyncRedisBackend, MemoryBackend, RedisBa
 from distkit.ratelimit.metrics import DecisionMetrics
 from distkit.ratelimit.policy import FailurePolicy
 from distkit.ratelimit.rate import Decision, Rate, quota_policy
+from distkit.tracing.spans import add_event
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar
@@ -267,6 +268,8 @@ class Limiter(Generic[B]):
             h.quota_w,
         )
         self._metrics.record(d.allowed, fallback)
+        add_event("distkit.ratelimit.decision", {"limiter": self.name, "allowed": d.allowed, "remaining": d.remaining,
+                                                 "policy": fallback or "backend"})
         if self._in_outage and not fallback:
             self._in_outage = False
             log.info("rate limiter %s: backend answers again", self.name)

@@ -72,6 +72,11 @@ def current_request_context() -> Mapping[str, Any]:
     return _STATE.get().values
 
 
+def has_request_context() -> bool:
+    """True inside a :func:`request_context` with values (one context-variable lookup)."""
+    return _STATE.get() is not _EMPTY
+
+
 def current_request_state() -> RequestState:
     """The request's state object (values + write record); used by :mod:`distkit.tracing.routing`."""
     return _STATE.get()

@@ -140,6 +140,7 @@ def traced_handler(
                 with _consume_scope(args, span_name, tracer, propagator, parent, link):
                     return await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
 
+            async_wrapper.__distkit_traced__ = True  # type: ignore[attr-defined]
             return cast(F, async_wrapper)
 
         @functools.wraps(fn)
@@ -150,6 +151,7 @@ def traced_handler(
             with _consume_scope(args, span_name, tracer, propagator, parent, link):
                 return fn(*args, **kwargs)
 
+        wrapper.__distkit_traced__ = True  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorate

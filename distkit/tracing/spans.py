@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from opentelemetry import trace
 
@@ -36,3 +37,24 @@ def tracer_for(provider: trace.TracerProvider | None) -> trace.Tracer | None:
     return hit[1]
 
 
+
+
+def add_event(name: str, attributes: dict[str, Any]) -> None:
+    """Record ``name`` on the current span, if a tracer is configured and a span is recording (a type check
+    and a context lookup otherwise: the hot paths of locks and limiters call this on every operation)."""
+    if tracer_for(None) is None:
+        return
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(name, attributes)
+
+
+def needs_propagation() -> bool:
+    """Whether outgoing messages should carry trace headers: a span is active, or a request context is set."""
+    from distkit.tracing.context import has_request_context
+
+    if has_request_context():
+        return True
+    if tracer_for(None) is None:
+        return False
+    return trace.get_current_span().get_span_context().is_valid
