@@ -217,18 +217,26 @@ class HotKeyCache:
         self._lease_ms = round((self.hard_timeout_s + 1.0) * 1000)
         self.closed = False
         self._new_state()
+        if self._use_backplane and self.local.enabled:
+            self._start_backplane()
         _live.add(self)
 
     # ------------------------------------------------------------------ lifecycle
 
     def _new_state(self) -> None:
+        """Per-process state. After ``fork`` the child gets a fresh copy (the parent's threads, sockets and locks
+        are not its own); its backplane listener starts lazily on its first L1 fill."""
         self.runner = Runner(self.client, timeout_s=self.redis_timeout_s)
         self.local = LocalCache(self._max_local, round(self.local_ttl_s * 1000))
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._pid = os.getpid()
         self.backplane: Backplane | None = None
-        if self._use_backplane and self.local.enabled:
+
+    def _start_backplane(self) -> None:
+        with self._flights_lock:
+            if self.backplane is not None or self.closed:
+                return
             self.backplane = Backplane(
                 self.client,
                 self.channel,
@@ -237,10 +245,9 @@ class HotKeyCache:
                 self.local.clear,
                 name=f"distkit-cache-{self.namespace}",
             )
-            self.backplane.wait_connected(2.0)  # degraded (L1 bounded by local_ttl_s) if Redis is slow to answer
+        self.backplane.wait_connected(2.0)  # degraded (L1 bounded by local_ttl_s) if Redis is slow to answer
 
     def _after_fork(self) -> None:
-        """The child owns none of the parent's threads or sockets: fresh L1, flights, runner and listener."""
         self.instance_id = uuid.uuid4().hex[:12]
         self.stats = Stats()
         self._new_state()
@@ -282,6 +289,8 @@ class HotKeyCache:
     def _check(self) -> None:
         if self._pid != os.getpid():
             self._after_fork()
+        if self.backplane is None and self._use_backplane and self.local.enabled and not self.closed:
+            self._start_backplane()
 
     # ------------------------------------------------------------------ read path
 

@@ -1,0 +1,159 @@
+"""HotKeyCache across processes: one reload for 200 concurrent callers in 4 processes, the backplane's latency,
+and a killed backplane connection (private redis-server)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from distkit.cache import HotKeyCache
+
+ctx = multiprocessing.get_context("fork")
+
+
+def _stampede_child(url: str, ns: str, barrier: Any, out: Any, n_threads: int) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+
+    def loader(key: str) -> str:
+        client.incr(f"{{{ns}:loads}}")
+        client.pexpire(f"{{{ns}:loads}}", 60_000)
+        time.sleep(0.3)  # slower than the 0.1 s soft timeout: even the loader's own caller gets the stale value
+        return "new"
+
+    cache = HotKeyCache(client, namespace=ns, loader=loader, ttl_s=60, load_timeout_s=(0.1, 5.0))
+    results: list[Any] = []
+    go = threading.Barrier(n_threads + 1)
+
+    def worker() -> None:
+        go.wait()
+        results.append(cache.get("hot"))
+
+    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    barrier.wait(30)  # every process is ready: release all 200 gets at once
+    go.wait()
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 5
+    while cache.get("hot") != "new" and time.monotonic() < deadline:  # the background load lands
+        time.sleep(0.02)
+    out.put((results, cache.get("hot"), cache.stats.as_dict()))
+    cache.close()
+
+
+@pytest.mark.parametrize("stale", [True, False], ids=["expired", "cold"])
+def test_200_concurrent_gets_in_4_processes_load_once(redis_client: Any, redis_url: str, namespace: str,
+                                                      stale: bool) -> None:
+    if stale:
+        seed = HotKeyCache(redis_client, namespace=namespace, ttl_s=0.05, jitter=0, stale_for_s=600, backplane=False)
+        seed.set("hot", "old")
+        seed.close()
+        time.sleep(0.1)  # logical expiry (50 ms) has passed; the entry stays in Redis for the fail-safe window
+    barrier = ctx.Barrier(4)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_stampede_child, args=(redis_url, namespace, barrier, out, 50)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    reports = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    results = [r for rep in reports for r in rep[0]]
+    assert len(results) == 200
+    assert int(redis_client.get(f"{{{namespace}:loads}}")) == 1  # exactly one loader call across 4 processes
+    if stale:
+        assert set(results) <= {"old", "new"}
+        assert results.count("old") >= 150, results.count("old")  # stale served meanwhile (the load takes 0.3 s)
+    else:
+        assert results == ["new"] * 200  # nothing to serve: everybody waited for the one load
+    assert all(rep[1] == "new" for rep in reports)
+    stats = [rep[2] for rep in reports]
+    assert sum(s["loads"] for s in stats) == 1
+    print("stampede:", results.count("old"), "stale,", results.count("new"), "new;", stats)
+
+
+def _backplane_child(url: str, ns: str, ready: Any, out: Any) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    cache = HotKeyCache(client, namespace=ns, loader=lambda k: "unused", ttl_s=60, local_ttl_s=30)
+    assert cache.get("k") == "v0"
+    assert cache.get("k") == "v0" and cache.stats.l1_hits == 1  # in L1: only the backplane can change it
+    ready.put(1)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        value = cache.get("k")
+        if value != "v0":
+            out.put((time.time(), value))
+            break
+        time.sleep(0.0005)
+    cache.close()
+
+
+def test_backplane_set_in_one_process_is_seen_by_4_others_within_50ms(redis_client: Any, redis_url: str,
+                                                                      namespace: str) -> None:
+    writer = HotKeyCache(redis_client, namespace=namespace, ttl_s=60, local_ttl_s=30)
+    writer.set("k", "v0")
+    ready, out = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_backplane_child, args=(redis_url, namespace, ready, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=30)
+    time.sleep(0.2)
+    t0 = time.time()
+    writer.set("k", "v1")
+    seen = [out.get(timeout=15) for _ in procs]
+    for p in procs:
+        p.join(15)
+        assert p.exitcode == 0
+    writer.close()
+    lags = sorted((t - t0) * 1000 for t, _ in seen)
+    print(f"backplane lag ms: {[round(x, 1) for x in lags]}")
+    assert all(v == "v1" for _, v in seen)
+    assert lags[-1] < 50, lags
+
+
+def test_killed_backplane_connection_is_bounded_by_local_ttl_and_resubscribes(private_redis: Any) -> None:
+    import redis
+
+    ns = "t-kill"
+    admin = redis.Redis.from_url(private_redis.url)
+    reader = HotKeyCache(redis.Redis.from_url(private_redis.url), namespace=ns, loader=lambda k: "db", ttl_s=60,
+                         local_ttl_s=2.0)
+    writer = HotKeyCache(redis.Redis.from_url(private_redis.url), namespace=ns, ttl_s=60, backplane=False)
+    try:
+        assert reader.backplane is not None and reader.backplane.connected.is_set()
+        writer.set("k", "v0")
+        assert reader.get("k") == "v0" and reader.get("k") == "v0"
+        subs = reader.backplane.subscriptions
+        killed = admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        assert killed >= 1
+        t_kill = time.monotonic()
+        writer.set("k", "v1")  # published while the listener is (maybe) away: the message may be lost
+        while reader.get("k") != "v1":
+            assert time.monotonic() - t_kill < 2.0 + 1.0, "L1 copy outlived local_ttl_s after a backplane loss"
+            time.sleep(0.01)
+        deadline = time.monotonic() + 5
+        while not (reader.backplane.subscriptions > subs and reader.backplane.connected.is_set()):
+            assert time.monotonic() < deadline, "backplane did not re-subscribe"
+            time.sleep(0.01)
+        assert reader.get("k") == "v1"
+        t_set = time.monotonic()
+        writer.set("k", "v2")
+        while reader.get("k") != "v2":  # well before the 2 s L1 expiry: the backplane works again
+            assert time.monotonic() - t_set < 0.5, "no invalidation after re-subscribing"
+            time.sleep(0.002)
+        print(f"kill: seen v1 after {t_set - t_kill:.3f} s; subscriptions {reader.backplane.subscriptions}, "
+              f"disconnects {reader.backplane.disconnects}")
+    finally:
+        reader.close()
+        writer.close()
+        admin.close()
