@@ -230,6 +230,7 @@ class HotKeyCache:
         self.local = LocalCache(self._max_local, round(self.local_ttl_s * 1000))
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._next_draw: dict[str, int] = {}
         self._pid = os.getpid()
         self.backplane: Backplane | None = None
 
@@ -387,7 +388,7 @@ class HotKeyCache:
                 self._served_stale(key)
                 return usable.value
             return self._await_other(key, load, flight, token)
-        self._start_load(key, load, flight, token if got else None)
+        self._start_load(key, load, flight, token if got else None, usable)
         return self._await_own(key, usable, flight)
 
     def _await_other(self, key: str, load: Callable[[], Any], flight: _Flight, token: str) -> Any:
@@ -407,7 +408,7 @@ class HotKeyCache:
                 self._finish_flight(key, flight, entry)
                 return entry.value
             if self._try_lock(lock_key, token) is not False:
-                self._start_load(key, load, flight, token)
+                self._start_load(key, load, flight, token, None)
                 return self._await_own(key, None, flight)
         self._finish_flight(key, flight)
         raise CacheLoadTimeoutError(
@@ -459,11 +460,10 @@ class HotKeyCache:
 
     # ------------------------------------------------------------------ loading
 
-    def _start_load(self, key: str, load: Callable[[], Any], flight: _Flight, token: str | None) -> None:
-        self.stats.add("loads")
-        _count("loads", self.namespace)
+    def _start_load(self, key: str, load: Callable[[], Any], flight: _Flight, token: str | None,
+                    seen: Entry | None) -> None:
         threading.Thread(
-            target=self._run_load, args=(key, load, flight, token), name=f"distkit-cache-load-{self.namespace}",
+            target=self._run_load, args=(key, load, flight, token, seen), name=f"distkit-cache-load-{self.namespace}",
             daemon=True,
         ).start()
 
@@ -480,11 +480,23 @@ class HotKeyCache:
         finally:
             lock.release()
 
-    def _run_load(self, key: str, load: Callable[[], Any], flight: _Flight, token: str | None) -> None:
+    def _run_load(self, key: str, load: Callable[[], Any], flight: _Flight, token: str | None,
+                  seen: Entry | None) -> None:
         data_key, lock_key = self._keys(key)
-        t0 = time.monotonic()
         entry: Entry | None = None
         try:
+            if token is not None:  # double-checked: a reload that finished just before we took the lock counts
+                current = self._read(data_key)
+                now = self.clock()
+                newer = current is not None and (seen is None or current.expires_ms > seen.expires_ms)
+                if current is not None and newer and current.fresh(now):
+                    self._release(lock_key, token)
+                    self.local.put(key, current, now)
+                    self._finish_flight(key, flight, current)
+                    return
+            self.stats.add("loads")
+            _count("loads", self.namespace)
+            t0 = time.monotonic()
             with self._read_locked(key):
                 value = load()
                 elapsed = time.monotonic() - t0
@@ -530,8 +542,18 @@ class HotKeyCache:
         return f"{self.instance_id}|{key}"
 
     def _maybe_refresh(self, key: str, entry: Entry, now: int, loader: Loader | None) -> None:
-        if entry.expires_ms - now > 30 * self.beta * max(entry.delta_ms, 1):
+        delta = max(entry.delta_ms, 1)
+        if entry.expires_ms - now > 30 * self.beta * delta:
             return  # XFetch's chance is below e**-30 this far from the expiry: skip the log and the random draw
+        # XFetch's trigger point moves earlier with the read rate r (about beta * delta * ln(r * delta) before the
+        # expiry); an L1 serves ~10**5 reads/s, which would reload every key far too early. So each process draws
+        # at most 20 times per load duration: the refresh lands ~beta * delta * ln(20 * processes) early.
+        next_draw = self._next_draw.get(key)
+        if next_draw is not None and now < next_draw:
+            return
+        if len(self._next_draw) >= 4096:
+            self._next_draw.clear()
+        self._next_draw[key] = now + max(1, delta // 20)
         if not xfetch(now, entry, self.beta, rand_open()) or key in self._flights:
             return
         if loader is None and self.loader is None:
@@ -542,11 +564,11 @@ class HotKeyCache:
             flight = self._flights[key] = _Flight(time.monotonic() + self.hard_timeout_s)
         self.stats.add("early_refreshes")
         threading.Thread(
-            target=self._refresh, args=(key, self._load_fn(key, loader), flight),
+            target=self._refresh, args=(key, self._load_fn(key, loader), flight, entry),
             name=f"distkit-cache-refresh-{self.namespace}", daemon=True,
         ).start()
 
-    def _refresh(self, key: str, load: Callable[[], Any], flight: _Flight) -> None:
+    def _refresh(self, key: str, load: Callable[[], Any], flight: _Flight, entry: Entry) -> None:
         """Background XFetch reload: only if nobody else (any process) is reloading; callers keep the current value."""
         _, lock_key = self._keys(key)
         token = uuid.uuid4().hex
@@ -554,9 +576,7 @@ class HotKeyCache:
             flight.deadline = time.monotonic() + 0.02  # somebody else refreshes: don't ask again for 20 ms
             flight.done.set()
             return
-        self.stats.add("loads")
-        _count("loads", self.namespace)
-        self._run_load(key, load, flight, token)
+        self._run_load(key, load, flight, token, entry)
 
     # ------------------------------------------------------------------ write path
 
