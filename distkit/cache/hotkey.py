@@ -118,14 +118,15 @@ class Stats:
 class _Flight:
     """One reload of one key in this process: the leader's load, which in-process followers wait on."""
 
-    __slots__ = ("abandoned", "deadline", "done", "entry", "error")
+    __slots__ = ("abandoned", "deadline", "detached", "done", "entry", "error")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline  # time.monotonic() after which followers stop trusting it
         self.done = threading.Event()
         self.entry: Entry | None = None
         self.error: BaseException | None = None
-        self.abandoned = False
+        self.abandoned = False  # past the hard timeout: the result must not be written
+        self.detached = False  # the caller left at the soft timeout with the stale value: report failures here
 
     def finish(self, entry: Entry | None = None, error: BaseException | None = None) -> None:
         self.entry, self.error = entry, error
@@ -318,11 +319,12 @@ class HotKeyCache:
     def _get_slow(self, key: str, loader: Loader | None, hit: Entry | None) -> Any:
         self._check()
         data_key, _ = self._keys(key)
+        version = self.local.version
         entry = self._read(data_key)
         now = self.clock()
         if entry is not None and entry.fresh(now):
             self.stats.add("l2_hits")
-            self.local.put(key, entry, now)
+            self.local.put(key, entry, now, version)
             if self.beta:
                 self._maybe_refresh(key, entry, now, loader)
             return entry.value
@@ -401,10 +403,11 @@ class HotKeyCache:
         while time.monotonic() < deadline:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.05)
+            version = self.local.version
             entry = self._read(data_key)
             now = self.clock()
             if entry is not None and entry.fresh(now):
-                self.local.put(key, entry, now)
+                self.local.put(key, entry, now, version)
                 self._finish_flight(key, flight, entry)
                 return entry.value
             if self._try_lock(lock_key, token) is not False:
@@ -426,6 +429,7 @@ class HotKeyCache:
         wait = self.soft_timeout_s if usable is not None else self.hard_timeout_s
         if not flight.done.wait(wait):
             if usable is not None:
+                flight.detached = True
                 self.stats.add("soft_timeouts")
                 log.info("distkit.cache %s: load passed the soft timeout (%.3f s); serving stale, load continues",
                          key, wait)
@@ -485,13 +489,14 @@ class HotKeyCache:
         data_key, lock_key = self._keys(key)
         entry: Entry | None = None
         try:
+            version = self.local.version
             if token is not None:  # double-checked: a reload that finished just before we took the lock counts
                 current = self._read(data_key)
                 now = self.clock()
                 newer = current is not None and (seen is None or current.expires_ms > seen.expires_ms)
                 if current is not None and newer and current.fresh(now):
                     self._release(lock_key, token)
-                    self.local.put(key, current, now)
+                    self.local.put(key, current, now, version)
                     self._finish_flight(key, flight, current)
                     return
             self.stats.add("loads")
@@ -504,9 +509,10 @@ class HotKeyCache:
                     raise CacheLoadTimeoutError(f"load of {key!r} took {elapsed:.3f} s > hard timeout; discarded")
                 now = self.clock()
                 entry = self._entry(value, now, round(elapsed * 1000))
+                version = self.local.version  # an invalidation after our write must win over our L1 fill
                 written = self._write_loaded(key, data_key, lock_key, token, entry, now)
             if written:
-                self.local.put(key, entry, self.clock())
+                self.local.put(key, entry, self.clock(), version)
             self._finish_flight(key, flight, entry)
         except BaseException as exc:
             if isinstance(exc, CacheLoadTimeoutError):
@@ -514,7 +520,11 @@ class HotKeyCache:
             if token is not None:
                 self._release(lock_key, token)
             self._finish_flight(key, flight, error=exc)
-            if flight.abandoned or not isinstance(exc, Exception):
+            if flight.detached and not flight.abandoned and isinstance(exc, Exception):
+                self.stats.add("fail_safe")  # the caller already got the stale value at the soft timeout
+                _count("fail_safe", self.namespace)
+                log.warning("distkit.cache %s: background reload failed (%r); the stale value stays", key, exc)
+            elif flight.abandoned or not isinstance(exc, Exception):
                 log.warning("distkit.cache %s: background load ended with %r", key, exc)
 
     def _write_loaded(self, key: str, data_key: str, lock_key: str, token: str | None, entry: Entry,
@@ -554,19 +564,25 @@ class HotKeyCache:
         if len(self._next_draw) >= 4096:
             self._next_draw.clear()
         self._next_draw[key] = now + max(1, delta // 20)
-        if not xfetch(now, entry, self.beta, rand_open()) or key in self._flights:
+        if not xfetch(now, entry, self.beta, rand_open()) or self._busy(key):
             return
         if loader is None and self.loader is None:
             return
         with self._flights_lock:
-            if key in self._flights:
+            if self._busy(key):
                 return
             flight = self._flights[key] = _Flight(time.monotonic() + self.hard_timeout_s)
+            flight.detached = True  # nobody waits for it: a failure is reported by the load thread
         self.stats.add("early_refreshes")
         threading.Thread(
             target=self._refresh, args=(key, self._load_fn(key, loader), flight, entry),
             name=f"distkit-cache-refresh-{self.namespace}", daemon=True,
         ).start()
+
+    def _busy(self, key: str) -> bool:
+        """A reload of ``key`` is running here, or one just found another process reloading (20 ms back-off)."""
+        flight = self._flights.get(key)
+        return flight is not None and not (flight.done.is_set() and time.monotonic() > flight.deadline)
 
     def _refresh(self, key: str, load: Callable[[], Any], flight: _Flight, entry: Entry) -> None:
         """Background XFetch reload: only if nobody else (any process) is reloading; callers keep the current value."""
@@ -615,7 +631,7 @@ class HotKeyCache:
             self.runner(_SET, [data_key, lock_key],
                         [payload, self._physical_ms(entry, now), self.channel, self._message(key)],
                         deadline=self._deadline())
-            self.local.put(key, entry, now)
+            self.local.put(key, entry, now, bump=True)
 
     def invalidate(self, key: str) -> None:
         """Delete ``key`` from L2 and every process's L1 (the next ``get`` reloads). Holds the write lock."""
