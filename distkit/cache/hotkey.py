@@ -21,6 +21,7 @@ while it still owns that lock, so a load that started before a write never overw
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import logging
@@ -677,7 +678,14 @@ class HotKeyCache:
                     loop = asyncio.get_running_loop()
 
                     def load(_key: str) -> Any:  # runs on the load thread; the coroutine runs on the caller's loop
-                        return asyncio.run_coroutine_threadsafe(afn(*args, **kwargs), loop).result()
+                        future = asyncio.run_coroutine_threadsafe(afn(*args, **kwargs), loop)
+                        try:
+                            return future.result(timeout=self.hard_timeout_s)
+                        except concurrent.futures.TimeoutError:
+                            future.cancel()  # past the hard timeout: the result would be discarded anyway
+                            raise CacheLoadTimeoutError(
+                                f"async loader for {_key!r} passed the hard timeout ({self.hard_timeout_s} s)"
+                            ) from None
 
                     return await self.aget(key(*args, **kwargs), load)
 

@@ -322,3 +322,47 @@ def test_get_without_loader_and_bad_key(make_cache: Any) -> None:
         cache.get("x")
     with pytest.raises(InvalidCacheConfigError):
         cache.get("", loader=lambda k: 1)
+
+
+def test_fail_safe_and_loads_are_counted_in_opentelemetry(make_cache: Any, fake_clock: Any, namespace: str,
+                                                          monkeypatch: Any) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from distkit.cache import hotkey
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("distkit.cache")  # private: no global provider
+    monkeypatch.setattr(hotkey, "_metrics",
+                        {n: meter.create_counter(f"distkit.cache.{n}") for n in ("fail_safe", "loads", "stale")})
+    loader = Counting(value="v")
+    cache = make_cache(loader=loader, ttl_s=10, jitter=0, clock=fake_clock)
+    cache.get("k")
+    loader.error = RuntimeError("down")
+    fake_clock.advance(11_000)
+    assert cache.get("k") == "v"
+    points = {}
+    for rm in reader.get_metrics_data().resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    points[(m.name, p.attributes["namespace"])] = p.value
+    assert points == {("distkit.cache.loads", namespace): 2, ("distkit.cache.fail_safe", namespace): 1}
+
+
+async def test_async_loader_past_the_hard_timeout_is_cancelled(make_cache: Any) -> None:
+    cache = make_cache(load_timeout_s=(0.05, 0.2))
+    cancelled = asyncio.Event()
+
+    @cache.cached(key=lambda n: f"slow:{n}")
+    async def slow(n: int) -> int:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return n
+
+    with pytest.raises(CacheLoadTimeoutError):
+        await slow(1)
+    await asyncio.wait_for(cancelled.wait(), 5)
