@@ -79,13 +79,13 @@ def jittered_ms(seconds: float, jitter: float, rnd: float) -> int:
     return max(1, round(seconds * 1000 * (1 + jitter * (2 * rnd - 1))))
 
 
-def xfetch(now_ms: int, entry: Entry, beta: float, rnd: float) -> bool:
+def xfetch(now_ms: int, entry: Entry, beta: float, rnd: float, min_delta_ms: int = 1) -> bool:
     """XFetch (Vattani, Chierichetti, Lowenstein, VLDB 2015): refresh early when
     ``now - delta * beta * ln(rnd) >= expiry`` with ``rnd`` uniform in (0, 1]. The chance grows smoothly as the
     expiry nears and with how slow the load is; the first reader that draws it reloads in the background."""
     if beta <= 0 or now_ms >= entry.expires_ms:
         return False
-    delta = max(entry.delta_ms, 1)
+    delta = max(entry.delta_ms, min_delta_ms)
     return now_ms - delta * beta * math.log(rnd) >= entry.expires_ms
 
 

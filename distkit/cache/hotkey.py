@@ -60,6 +60,8 @@ _INVALIDATE = Script("cache", "invalidate")
 
 _live: weakref.WeakSet[HotKeyCache] = weakref.WeakSet()
 
+_MIN_DELTA_MS = 10
+
 _metrics: dict[str, Any] | None = None
 
 
@@ -553,7 +555,9 @@ class HotKeyCache:
         return f"{self.instance_id}|{key}"
 
     def _maybe_refresh(self, key: str, entry: Entry, now: int, loader: Loader | None) -> None:
-        delta = max(entry.delta_ms, 1)
+        # a reload costs a few round trips on top of the loader (lock, double-check, write, backplane): XFetch's
+        # delta is never taken below 10 ms, so fast loaders (and values written by set(), delta 0) refresh in time
+        delta = max(entry.delta_ms, _MIN_DELTA_MS)
         if entry.expires_ms - now > 30 * self.beta * delta:
             return  # XFetch's chance is below e**-30 this far from the expiry: skip the log and the random draw
         # XFetch's trigger point moves earlier with the read rate r (about beta * delta * ln(r * delta) before the
@@ -565,7 +569,7 @@ class HotKeyCache:
         if len(self._next_draw) >= 4096:
             self._next_draw.clear()
         self._next_draw[key] = now + max(1, delta // 20)
-        if not xfetch(now, entry, self.beta, rand_open()) or self._busy(key):
+        if not xfetch(now, entry, self.beta, rand_open(), _MIN_DELTA_MS) or self._busy(key):
             return
         if loader is None and self.loader is None:
             return

@@ -167,3 +167,55 @@ def test_killed_backplane_connection_is_bounded_by_local_ttl_and_resubscribes(pr
         reader.close()
         writer.close()
         admin.close()
+
+
+def _steady_child(url: str, ns: str, barrier: Any, out: Any) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+
+    def loader(key: str) -> float:
+        start = time.time()
+        time.sleep(0.02)
+        client.rpush(f"{{{ns}:loads}}", f"{start},{time.time()}")
+        client.pexpire(f"{{{ns}:loads}}", 60_000)
+        return time.time()
+
+    cache = HotKeyCache(client, namespace=ns, loader=loader, ttl_s=0.8, jitter=0, early_refresh=2.0)
+    barrier.wait(30)
+    stop = time.monotonic() + 2.5
+
+    def reader() -> None:
+        while time.monotonic() < stop:
+            cache.get("hot")
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put(cache.stats.as_dict())
+    cache.close()
+
+
+def test_early_refresh_across_processes_no_miss_and_no_duplicate_reloads(redis_client: Any, redis_url: str,
+                                                                         namespace: str) -> None:
+    warm = HotKeyCache(redis_client, namespace=namespace, loader=lambda k: time.sleep(0.02) or time.time(),
+                       ttl_s=0.8, jitter=0, backplane=False)  # the same 20 ms load: XFetch's delta is realistic
+    warm.get("hot")
+    warm.close()
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_steady_child, args=(redis_url, namespace, barrier, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    stats = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(15)
+        assert p.exitcode == 0
+    spans = sorted(tuple(map(float, x.split(b","))) for x in redis_client.lrange(f"{{{namespace}:loads}}", 0, -1))
+    gaps = [round(b[0] - a[0], 3) for a, b in zip(spans, spans[1:])]
+    print(f"3 processes, 2.5 s, ttl 0.8 s: {len(spans)} loads, gaps {gaps}; misses {[s['misses'] for s in stats]}")
+    assert [s["misses"] for s in stats] == [0, 0, 0]  # every get found a fresh value
+    assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:]))  # never two reloads at once across processes
+    assert 3 <= len(spans) <= 7  # ~one early reload per TTL window for the 3 processes together (not 3 each)
