@@ -367,3 +367,13 @@ async def test_async_loader_past_the_hard_timeout_is_cancelled(make_cache: Any) 
     with pytest.raises(CacheLoadTimeoutError):
         await slow(1)
     await asyncio.wait_for(cancelled.wait(), 5)
+
+
+def test_l1_off_reads_redis_every_time_and_starts_no_listener(make_cache: Any) -> None:
+    loader = Counting(value=lambda k, n: n)
+    cache = make_cache(loader=loader, local_ttl_s=0)
+    other = make_cache(loader=loader)
+    assert cache.backplane is None and cache.get("k") == 1 and cache.get("k") == 1
+    assert cache.stats.l2_hits == 1 and cache.stats.l1_hits == 0
+    other.set("k", 7)
+    assert cache.get("k") == 7  # no L1 copy to invalidate
