@@ -235,6 +235,7 @@ class HotKeyCache:
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
         self._next_draw: dict[str, int] = {}
+        self._wakeups: dict[str, threading.Event] = {}
         self._pid = os.getpid()
         self.backplane: Backplane | None = None
 
@@ -246,11 +247,17 @@ class HotKeyCache:
                 self.client,
                 self.channel,
                 self.instance_id,
-                self.local.pop,
+                self._on_backplane_key,
                 self.local.clear,
                 name=f"distkit-cache-{self.namespace}",
             )
         self.backplane.wait_connected(2.0)  # degraded (L1 bounded by local_ttl_s) if Redis is slow to answer
+
+    def _on_backplane_key(self, key: str) -> None:
+        self.local.pop(key)
+        wake = self._wakeups.get(key)
+        if wake is not None:  # a caller here is waiting for another process's reload of this key
+            wake.set()
 
     def _after_fork(self) -> None:
         self.instance_id = uuid.uuid4().hex[:12]
@@ -397,14 +404,25 @@ class HotKeyCache:
         return self._await_own(key, usable, flight)
 
     def _await_other(self, key: str, load: Callable[[], Any], flight: _Flight, token: str) -> Any:
-        """Another process holds the reload lock and we have nothing to serve: watch L2 for its result (polling
-        5 → 50 ms), taking the lock ourselves if the holder dies; bounded by the hard timeout."""
+        """Another process holds the reload lock and we have nothing to serve: watch L2 for its result, taking the
+        lock ourselves if the holder dies; bounded by the hard timeout. The holder's backplane message wakes us at
+        once; without it (no backplane, message lost) we re-read every 5 → 50 ms."""
         data_key, lock_key = self._keys(key)
         self.stats.add("waits")
         deadline = time.monotonic() + self.hard_timeout_s
         delay = 0.005
+        wake = self._wakeups.setdefault(key, threading.Event())
+        try:
+            return self._watch(key, load, flight, token, data_key, lock_key, deadline, delay, wake)
+        finally:
+            if self._wakeups.get(key) is wake:
+                del self._wakeups[key]
+
+    def _watch(self, key: str, load: Callable[[], Any], flight: _Flight, token: str, data_key: str, lock_key: str,
+               deadline: float, delay: float, wake: threading.Event) -> Any:
         while time.monotonic() < deadline:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            wake.wait(min(delay, max(0.0, deadline - time.monotonic())))
+            wake.clear()
             delay = min(delay * 2, 0.05)
             version = self.local.version
             entry = self._read(data_key)
