@@ -112,6 +112,10 @@ class Backplane:
         if origin != self.origin:
             self._on_key(key)
 
+    def stop(self) -> None:
+        """Ask the listener to exit (it does within ``poll_s``) without waiting for it."""
+        self._stop.set()
+
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()
         if self._thread is not threading.current_thread():
