@@ -8,7 +8,8 @@ refresh, fail-safe stale serving with soft/hard load timeouts, null caching, jit
 See docs/cache.md.
 """
 
+from distkit.cache.aio import AsyncHotKeyCache
 from distkit.cache.entry import Codec, Entry, JsonCodec
 from distkit.cache.hotkey import HotKeyCache, Stats
 
-__all__ = ["Codec", "Entry", "HotKeyCache", "JsonCodec", "Stats"]
+__all__ = ["AsyncHotKeyCache", "Codec", "Entry", "HotKeyCache", "JsonCodec", "Stats"]
