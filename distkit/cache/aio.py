@@ -128,6 +128,11 @@ class AsyncHotKeyCache:
     async def aclose(self) -> None:
         """Stop the listener and background loads' bookkeeping, drop the L1 (idempotent)."""
         self.closed = True
+        pending = [t for t in self._tasks if not t.done()]
+        for task in pending:  # background reloads and refreshes: their callers already have an answer
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

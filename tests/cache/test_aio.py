@@ -176,3 +176,85 @@ async def test_sync_and_async_caches_share_keys_and_backplane(amake: Any, make_c
         assert time.monotonic() < deadline
         await asyncio.sleep(0.005)
     assert acache.subscriptions == 1 and acache.connected.is_set()
+
+
+async def test_killed_backplane_connection_resubscribes_and_clears_l1(private_redis: Any) -> None:
+    import redis
+    import redis.asyncio as aredis
+
+    aclient = aredis.Redis.from_url(private_redis.url)
+    admin = redis.Redis.from_url(private_redis.url)
+    reader = AsyncHotKeyCache(aclient, namespace="t-akill", loader=lambda k: "db", local_ttl_s=2.0)
+    writer = HotKeyCache(redis.Redis.from_url(private_redis.url), namespace="t-akill", backplane=False)
+    try:
+        writer.set("k", "v0")
+        assert await reader.get("k") == "v0" and await reader.get("k") == "v0"
+        assert reader.subscriptions == 1
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+        t_kill = time.monotonic()
+        writer.set("k", "v1")
+        while await reader.get("k") != "v1":
+            assert time.monotonic() - t_kill < 3.0, "L1 copy outlived local_ttl_s after a backplane loss"
+            await asyncio.sleep(0.01)
+        deadline = time.monotonic() + 5
+        while not (reader.subscriptions > 1 and reader.connected.is_set()):
+            assert time.monotonic() < deadline, "async backplane did not re-subscribe"
+            await asyncio.sleep(0.01)
+        t_set = time.monotonic()
+        writer.set("k", "v2")
+        while await reader.get("k") != "v2":
+            assert time.monotonic() - t_set < 0.5, "no invalidation after re-subscribing"
+            await asyncio.sleep(0.002)
+    finally:
+        await reader.aclose()
+        writer.close()
+        await aclient.aclose()
+        admin.close()
+
+
+async def test_async_rw_lock_writer_never_exposes_a_half_written_value(async_redis_client: Any, amake: Any,
+                                                                       namespace: str) -> None:
+    from distkit.locks import AsyncLocks
+
+    record = {"a": 0, "b": 0}
+
+    async def load(key: str) -> list[int]:
+        a = record["a"]
+        await asyncio.sleep(0.003)
+        return [a, record["b"]]
+
+    locks = AsyncLocks(async_redis_client, namespace=namespace)
+    writer = amake(loader=load, locks=locks)
+    # readers reload all the time (5 ms TTL, no stale window), so their loads overlap the writes
+    readers = [amake(loader=load, locks=locks, ttl_s=0.005, jitter=0, stale_for_s=0, local_ttl_s=0)
+               for _ in range(3)]
+    loads_before = sum(r.stats.loads for r in readers)
+    torn: list[list[int]] = []
+    stop = asyncio.Event()
+
+    async def read(cache: AsyncHotKeyCache) -> None:
+        while not stop.is_set():
+            value = await cache.get("cfg")
+            if value[0] != value[1]:
+                torn.append(value)
+            await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(read(c)) for c in readers]
+    try:
+        for i in range(1, 11):
+            async with writer.write_lock("cfg"):
+                record["a"] = i
+                await asyncio.sleep(0.005)  # half written
+                record["b"] = i
+                await writer.invalidate("cfg")
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.gather(*tasks)
+        final = await readers[0].get("cfg")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await locks.aclose()
+    assert torn == []
+    assert sum(r.stats.loads for r in readers) - loads_before > 10  # reloads really ran during the writes
+    assert final == [10, 10]
