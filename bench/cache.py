@@ -221,10 +221,47 @@ def expiry_cashews(url: str, ns: str, mode: str) -> tuple[int, list[float]]:
     return loads[0], samples
 
 
+def expiry_distkit_async(url: str, ns: str) -> tuple[int, list[float]]:
+    import redis.asyncio as aredis
+
+    from distkit.cache import AsyncHotKeyCache
+
+    loads = [0]
+
+    async def load(key: str) -> dict[str, float]:
+        loads[0] += 1
+        await asyncio.sleep(LOAD_S)
+        return {"rate": time.time()}
+
+    samples: list[float] = []
+
+    async def run() -> None:
+        client = aredis.Redis.from_url(url)
+        cache = AsyncHotKeyCache(client, namespace=ns + "-dka", loader=load, ttl_s=TTL_S, jitter=0)
+        stop = time.perf_counter() + DURATION_S
+
+        async def task() -> None:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop:
+                    return
+                await cache.get("hot")
+                samples.append(time.perf_counter() - t0)
+                await asyncio.sleep(0)  # an L1 hit never suspends: let the other tasks (and the listener) run
+
+        await asyncio.gather(*(task() for _ in range(THREADS)))
+        await cache.aclose()
+        await client.aclose()
+
+    asyncio.run(run())
+    return loads[0], samples
+
+
 def expiry_rows(client: Any, url: str, ns: str) -> list[Row]:
     runs: list[tuple[str, str, Callable[[], tuple[int, list[float]]]]] = [
         ("distkit (8 threads)", "L1 + XFetch + one reload per expiry", lambda: expiry_distkit(client, ns)),
         ("distkit (4 procs x 2 threads)", "loads counted in Redis", lambda: expiry_distkit_processes(client, url, ns)),
+        ("distkit AsyncHotKeyCache (8 tasks)", "", lambda: expiry_distkit_async(url, ns)),
         ("dogpile.cache (8 threads)", "redis, distributed_lock", lambda: expiry_dogpile(url, ns)),
         ("cashews plain (8 tasks)", "", lambda: expiry_cashews(url, ns, "plain")),
         ("cashews lock=True (8 tasks)", "", lambda: expiry_cashews(url, ns, "lock=True")),
