@@ -258,3 +258,28 @@ async def test_async_rw_lock_writer_never_exposes_a_half_written_value(async_red
     assert torn == []
     assert sum(r.stats.loads for r in readers) - loads_before > 10  # reloads really ran during the writes
     assert final == [10, 10]
+
+
+async def test_async_early_refresh_under_steady_load_has_no_miss(amake: Any) -> None:
+    n = [0]
+
+    async def loader(key: str) -> int:
+        await asyncio.sleep(0.02)
+        n[0] += 1
+        return n[0]
+
+    cache = amake(loader=loader, ttl_s=0.8, jitter=0, early_refresh=4.0)
+    assert await cache.get("hot") == 1
+    stop = time.monotonic() + 2.5
+
+    async def reader() -> list[int]:
+        seen = []
+        while time.monotonic() < stop:
+            seen.append(await cache.get("hot"))
+            await asyncio.sleep(0.001)
+        return seen
+
+    runs = await asyncio.gather(*(reader() for _ in range(4)))
+    assert cache.stats.misses == 1, cache.stats.as_dict()  # only the cold start
+    assert n[0] >= 4 and cache.stats.early_refreshes >= 3
+    assert all(run == sorted(run) for run in runs)
