@@ -54,6 +54,7 @@ class AsyncHotKeyCache:
         self.runner = AsyncRunner(redis_client, timeout_s=self._core.redis_timeout_s)
         self._flights: dict[str, asyncio.Future[Entry | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._detached: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self.subscriptions = 0
@@ -150,8 +151,21 @@ class AsyncHotKeyCache:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._reap)
         return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        """A background load whose caller left at the soft timeout: report its failure here (fail-safe)."""
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved, so asyncio never warns "exception was never retrieved"
+        detached = task in self._detached
+        self._detached.discard(task)
+        if exc is not None and detached:
+            self._core.stats.add("fail_safe")
+            _count("fail_safe", self.namespace)
+            log.warning("distkit.cache: background reload failed (%r); the stale value stays", exc)
 
     # ------------------------------------------------------------------ read path
 
@@ -256,6 +270,7 @@ class AsyncHotKeyCache:
             if not done:
                 if usable is not None:
                     core.stats.add("soft_timeouts")
+                    self._detached.add(task)
                     return usable.value  # the task keeps running and writes its result
                 task.cancel()
                 core.stats.add("abandoned")

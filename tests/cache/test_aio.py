@@ -283,3 +283,24 @@ async def test_async_early_refresh_under_steady_load_has_no_miss(amake: Any) -> 
     assert cache.stats.misses == 1, cache.stats.as_dict()  # only the cold start
     assert n[0] >= 4 and cache.stats.early_refreshes >= 3
     assert all(run == sorted(run) for run in runs)
+
+
+async def test_background_reload_failing_after_the_soft_timeout_is_reported(amake: Any, fake_clock: Any) -> None:
+    state = {"fail": False}
+
+    async def loader(key: str) -> str:
+        if state["fail"]:
+            await asyncio.sleep(0.2)
+            raise RuntimeError("late failure")
+        return "v"
+
+    cache = amake(loader=loader, ttl_s=10, jitter=0, clock=fake_clock, load_timeout_s=(0.02, 2.0))
+    assert await cache.get("k") == "v"
+    state["fail"] = True
+    fake_clock.advance(11_000)
+    assert await cache.get("k") == "v" and cache.stats.soft_timeouts == 1
+    deadline = time.monotonic() + 3
+    while cache.stats.fail_safe == 0:
+        assert time.monotonic() < deadline, "the background failure was not reported"
+        await asyncio.sleep(0.02)
+    assert await cache.get("k") == "v"  # still the stale value (inside stale_for_s)
