@@ -403,3 +403,22 @@ class BulkheadFullError(ResilienceError):
         self.name = name
         self.max_concurrent = max_concurrent
         self.waited_s = waited_s
+# --------------------------------------------------------------------------- cache
+
+
+class CacheError(DistkitError):
+    """Base class of :mod:`distkit.cache` errors."""
+
+
+class InvalidCacheConfigError(CacheError, InvalidArgumentError):
+    """A :class:`~distkit.cache.HotKeyCache` argument out of range (a negative TTL, a jitter outside [0, 1) ...)."""
+
+
+class CacheLoadTimeoutError(CacheError, TimeoutError):
+    """The loader (here or in the process holding the reload lock) did not produce a value within the hard
+    timeout and there was no stale value to serve. Raise ``load_timeout_s``'s hard part or speed up the loader."""
+
+
+class CacheCodecError(CacheError, ValueError):
+    """A value could not be encoded by the cache's codec (JSON by default), or a stored entry could not be decoded.
+    Pass JSON-compatible values or a ``codec=`` that handles your type."""
