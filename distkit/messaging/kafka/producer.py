@@ -20,6 +20,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka import Producer as _RdProducer
 
 from distkit.errors import BrokerUnavailableError, MessagingError, ProducerFencedError
+from distkit.messaging._tracing import with_trace_headers
 from distkit.messaging.broker import ProducerBase, RawRecord, TransactionalProducerBase, valid_topic
 from distkit.messaging.broker import TopicPartition as TP
 from distkit.messaging.kafka.errors import kafka_error, translate, translate_error
@@ -97,6 +98,7 @@ class _Produces:
         payload = self.codec.encode(value)  # raises SerializationError before anything is sent
         if key is not None and type(key) is not bytes:
             key = encode_key(key)
+        headers = with_trace_headers(headers)  # the trace (and request context) travel with the message
         if headers or partition is not None:
             if partition is not None:
                 check_partition(partition)
