@@ -33,7 +33,7 @@ def make(strategy: str, namespace: str, schema: str | None) -> Any:
     from distkit.stock import LockedDbStock
 
     engine = create_engine(os.environ["DISTKIT_DATABASE_URL"], connect_args={"options": f"-csearch_path={schema}"},
-                           pool_size=20, max_overflow=40)
+                           pool_size=10, max_overflow=10, pool_timeout=120)  # 4 processes: 80 of 200
     return LockedDbStock(engine, Locks(client, namespace=namespace), lock_timeout_s=60)
 
 
