@@ -26,6 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from distkit._otel import add_event, tracer_for
 from distkit._redis import AsyncRunner
 from distkit.errors import BackendUnavailableError, InvalidArgumentError, LockTimeoutError
 from distkit.locks.base import LocksBase, LockView, SemaphoreView, check_units
@@ -34,7 +35,6 @@ from distkit.locks.lock import map_error
 from distkit.locks.ops import Call, Flow, Step
 from distkit.locks.waiters import AsyncHub
 from distkit.locks.watchdog import AsyncWatchdog, report_lost_in_loop
-from distkit.tracing.spans import add_event, tracer_for
 
 if TYPE_CHECKING:
     from distkit.locks.multi import AsyncMultiLock

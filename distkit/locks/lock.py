@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from distkit._otel import add_event, tracer_for
 from distkit._redis import Runner
 from distkit.errors import BackendUnavailableError, LockTimeoutError
 from distkit.locks.base import LocksBase, LockView, kind_conflict
@@ -26,7 +27,6 @@ from distkit.locks.holds import Hold, thread_alive, thread_serial
 from distkit.locks.ops import Call, Flow, Step
 from distkit.locks.waiters import Hub
 from distkit.locks.watchdog import CallbackThreads, Watchdog
-from distkit.tracing.spans import add_event, tracer_for
 
 if TYPE_CHECKING:
     from distkit.locks.multi import MultiLock

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from distkit.tracing.propagation import inject_headers
-from distkit.tracing.spans import needs_propagation
+from distkit._otel import needs_propagation
 
 _TRACE_HEADERS = ("traceparent", "b3", "x-b3-traceid")
 
@@ -20,6 +19,8 @@ def with_trace_headers(headers: Mapping[str, str | bytes] | None) -> Mapping[str
         return headers
     if headers and any(h in headers for h in _TRACE_HEADERS):
         return headers
+    from distkit.tracing.propagation import inject_headers
+
     out: dict[str, Any] = dict(headers or {})
     inject_headers(out)
     return out
@@ -29,7 +30,10 @@ def traced(handler: Callable[..., Any]) -> Callable[..., Any]:
     """The handler wrapped by :func:`distkit.tracing.traced_handler`, unless it already is."""
     if getattr(handler, "__distkit_traced__", False):
         return handler
-    from distkit.tracing.kafka import traced_handler
+    try:
+        from distkit.tracing.kafka import traced_handler
+    except ImportError:  # pragma: no cover - no opentelemetry-api (a --no-deps install): nothing to trace with
+        return handler
 
     wrapped = traced_handler()(handler)
     wrapped.__distkit_traced__ = True  # type: ignore[attr-defined]

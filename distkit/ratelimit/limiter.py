@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Awaitable, Coroutine, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, cast, overload
 
+from distkit._otel import add_event
 from distkit.errors import (
     BackendUnavailableError,
     InvalidRateError,
@@ -34,7 +35,6 @@ from distkit.ratelimit.backends import AsyncRedisBackend, MemoryBackend, RedisBa
 from distkit.ratelimit.metrics import DecisionMetrics
 from distkit.ratelimit.policy import FailurePolicy
 from distkit.ratelimit.rate import Decision, Rate, quota_policy
-from distkit.tracing.spans import add_event
 
 if TYPE_CHECKING:
     from typing_extensions import TypeVar
