@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[all,dev]"
+	$(PY) -m pip install -q -e ".[all,dev,demo]"
 	@touch $@
 
 venv: $(VENV)/.installed
 
+# every reference app on embedded defaults (no servers); one of them with `make demo APP=flash_sale`
 demo: venv
-	$(PY) -m examples
+	$(PY) -m examples $(APP)
 
 # Start Redis, a 3-master Redis Cluster, PostgreSQL and Kafka; run the suite against them; always stop them.
 test: venv
