@@ -9,7 +9,10 @@ and never used past their ``exp``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +37,20 @@ from distkit.errors import (
 )
 
 _SYMMETRIC = frozenset({"HS256", "HS384", "HS512"})
+_HEADER_CACHE_SIZE = 64  # distinct header segments remembered: an issuer signs every token with the same few
+
+
+def _parse_header(segment: str) -> dict[str, Any]:
+    """The JOSE header of a token's first segment. Only used to choose the key and pin ``alg``: PyJWT parses and
+    checks the token again, so a header this parser reads differently is rejected there, never trusted."""
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        header = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedTokenError(f"not a JWT: bad header ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise MalformedTokenError("not a JWT: the header is not a JSON object")
+    return header
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,8 @@ class JwtVerifier:
         self._cache: OrderedDict[bytes, Claims] = OrderedDict()
         self._cache_size = int(cache_size)
         self._lock = threading.Lock()
+        self._options: dict[str, Any] = {"require": self.require, "verify_aud": self.audience is not None}
+        self._headers: dict[str, dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"JwtVerifier(algorithms={self.algorithms}, issuer={self.issuer!r}, audience={self.audience!r})"
@@ -111,21 +130,21 @@ class JwtVerifier:
     def verify(self, token: str) -> Claims:
         if not isinstance(token, str) or not token:
             raise MalformedTokenError("no token")
+        if not self._cache_size:
+            return self._verify(token)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        if self._cache_size:
-            with self._lock:
-                hit = self._cache.get(digest)
-                if hit is not None:
-                    if hit.expires_at > time.time():
-                        self._cache.move_to_end(digest)
-                        return hit
-                    del self._cache[digest]
+        with self._lock:
+            hit = self._cache.get(digest)
+            if hit is not None:
+                if hit.expires_at > time.time():
+                    self._cache.move_to_end(digest)
+                    return hit
+                del self._cache[digest]
         claims = self._verify(token)
-        if self._cache_size:
-            with self._lock:
-                self._cache[digest] = claims
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[digest] = claims
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return claims
 
     def _key(self, header: Mapping[str, Any]) -> Any:
@@ -142,10 +161,15 @@ class JwtVerifier:
             raise UnknownKeyError(f"no key with kid {kid!r}") from None
 
     def _verify(self, token: str) -> Claims:
-        try:
-            header = pyjwt.get_unverified_header(token)
-        except pyjwt.DecodeError as exc:
-            raise MalformedTokenError(f"not a JWT: {exc}") from None
+        segment, dot, _ = token.partition(".")
+        if not dot:
+            raise MalformedTokenError("not a JWT: no '.' separated segments")
+        header = self._headers.get(segment)
+        if header is None:
+            header = _parse_header(segment)
+            if len(self._headers) >= _HEADER_CACHE_SIZE:
+                self._headers.clear()  # a flood of distinct headers costs a re-parse, never unbounded memory
+            self._headers[segment] = header
         alg = header.get("alg")
         if alg not in self.algorithms:
             raise DisallowedAlgorithmError(f"algorithm {alg!r} is not allowed (expected one of {self.algorithms})")
@@ -158,7 +182,7 @@ class JwtVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=self.leeway_s,
-                options={"require": self.require, "verify_aud": self.audience is not None},
+                options=self._options,  # type: ignore[arg-type]
             )
         except pyjwt.ExpiredSignatureError:
             raise TokenExpiredError("token expired") from None

@@ -148,3 +148,33 @@ def test_keys_rotate_through_jwks_without_a_restart(tokens: Tokens) -> None:
         assert jwks.fetches >= 2
     finally:
         jwks.server.shutdown()
+
+
+def test_the_header_fast_path_never_accepts_what_pyjwt_rejects(tokens: Tokens) -> None:
+    """distkit reads the header itself (to pick the key and pin ``alg``) and remembers a few header segments;
+    odd headers must still be rejected with typed errors, and the memory stays bounded."""
+    v = verifier(tokens, cache_size=0)
+    now = int(time.time())
+    claims = {"sub": "u", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300}
+    good = tokens.make()
+    head, payload, sig = good.split(".")
+    odd = {
+        "not base64": "!!!." + payload + "." + sig,
+        "a JSON list": b64(b'["RS256"]') + "." + payload + "." + sig,
+        "not JSON": b64(b"\xff\xfe") + "." + payload + "." + sig,
+        "no dots": head,
+        "unicode header": b64(json.dumps({"alg": "RS256", "kid": "k1", "x": "\u00e9\U0001f600"}).encode())
+        + "." + payload + "." + sig,  # a valid header whose signature no longer matches the signed input
+    }
+    for name, token in odd.items():
+        with pytest.raises((MalformedTokenError, BadSignatureError)):
+            v.verify(token)
+        assert name
+    # a header that PyJWT reads as another alg than distkit would be refused by PyJWT's pinned algorithms
+    with pytest.raises(DisallowedAlgorithmError):
+        v.verify(forge({"alg": "HS256", "kid": "k1"}, claims, lambda m: hmac.new(b"k", m, hashlib.sha256).digest()))
+    for i in range(500):  # 500 distinct headers: each one parsed, at most 64 remembered
+        with pytest.raises(BadSignatureError):
+            v.verify(forge({"alg": "RS256", "kid": "k1", "n": i}, claims, lambda m: b"x" * 256))
+    assert len(v._headers) <= 64
+    assert v.verify(good).subject == "user-1"
