@@ -334,9 +334,9 @@ class TransactionalProcessor:
         Exceptions propagate with the transaction still open; :meth:`run` aborts and rewinds."""
         dead = 0
         producer.begin()
-        send, send_raw = producer.send, producer.send_raw
+        send, send_raw, failures, handler = producer.send, producer.send_raw, self._failures, self.handler
         for msg in batch:
-            failure = self._failures.get(_ident(msg))
+            failure = failures.get(_ident(msg)) if failures else None  # no earlier failure: the common case
             if failure is not None and (failure[0] >= self.max_attempts or self._not_retryable(failure[1])):
                 dlt = dead_letter(msg, failure[1], failure[0], self.dlt_suffix)
                 if msg.offset is not None:  # consumed: forward the original bytes (None = tombstone)
@@ -346,7 +346,7 @@ class TransactionalProcessor:
                 dead += 1
                 continue
             try:
-                outputs = self.handler(msg) or ()
+                outputs = handler(msg) or ()
                 if not isinstance(outputs, list | tuple):
                     outputs = list(outputs)
             except Exception as exc:
