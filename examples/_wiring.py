@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from distkit.config import Settings
@@ -21,7 +20,7 @@ from distkit.messaging import Broker, InMemoryBroker
 
 if TYPE_CHECKING:
     import redis
-    import redis.asyncio
+    from redis.asyncio import Redis as AsyncRedis
     from sqlalchemy.engine import Engine
 
 
@@ -64,7 +63,7 @@ class Wiring:
         embedded = not (settings.redis_url or settings.kafka_bootstrap or settings.database_url)
         return cls(redis=client, broker=broker, engine=engine, embedded=embedded, settings=settings)
 
-    def async_redis(self) -> redis.asyncio.Redis:
+    def async_redis(self) -> AsyncRedis:
         """An asyncio client for the same Redis (a fakeredis one shares the sync client's data)."""
         if self.settings.redis_url:
             client = self.settings.async_redis()
