@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
@@ -41,6 +41,9 @@ from distkit.saga.log.base import SagaLog, SagaRecord, dumps
 from distkit.saga.remote import RemoteChannel, Reply
 from distkit.saga.saga import AnyStep, RemoteStep, Saga, SqlStep, StepContext
 from distkit.tracing.spans import tracer_for
+
+if TYPE_CHECKING:
+    from distkit.messaging.broker import Broker
 
 log = logging.getLogger("distkit.saga")
 
@@ -115,7 +118,7 @@ class SagaCoordinator:
     def __init__(
         self,
         log: SagaLog,
-        broker: Any = None,
+        broker: Broker | None = None,
         *,
         sagas: Sequence[Saga] = (),
         owner: str | None = None,
@@ -276,6 +279,7 @@ class SagaCoordinator:
 
     def _remote_channel(self) -> RemoteChannel:
         if self._remote is None:
+            assert self.broker is not None  # checked when a saga with a RemoteStep is registered or run
             self._remote = RemoteChannel(self.broker, self.log, self.owner, self._reply_group, self._late_reply)
         return self._remote
 
