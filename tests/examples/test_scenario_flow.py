@@ -6,8 +6,10 @@ Mails are counted where the user would receive them: per request, exactly one UI
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from email import message_from_bytes
@@ -63,7 +65,7 @@ def smtp() -> Iterator[tuple[MailDrop, SmtpMailer]]:
 
 def test_app_invariants_hold_and_each_mail_arrives_once(wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]) -> None:
     drop, mailer = smtp
-    story = main(wiring, mailer=mailer, threshold_s=1.5, redeliveries=3)  # the same event 4 times in all
+    story = main(wiring, mailer=mailer, threshold_s=2.0, redeliveries=3)  # the same event 4 times in all
 
     assert story.checks and all(story.checks.values()), story.checks
     ids: Any = story.facts["request_ids"]
@@ -137,5 +139,40 @@ def test_result_after_the_timeout_changes_nothing(wiring: Wiring, smtp: tuple[Ma
         assert [(flow.ui.get("late-1") or {}).get("status"), (flow.md.get("late-1") or {}).get("status")] == [
             "FAILED", "CANCELLED"]
         assert flow.updates == Counter() and drop.mails == []
+    finally:
+        flow.close()
+
+
+class FlakyMailer:
+    """The SMTP mailer, except that the first "UI ready" mail fails (the mail server hung up)."""
+
+    def __init__(self, inner: SmtpMailer) -> None:
+        self.inner, self.failures = inner, 0
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        if "UI:" in subject and self.failures == 0:
+            self.failures += 1
+            raise smtplib.SMTPServerDisconnected("connection unexpectedly closed")
+        self.inner.send(to, subject, body)
+
+
+def test_mail_failure_after_the_update_is_retried_by_redelivery(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]
+) -> None:
+    """The UI handler committed its update, then the mail failed: the event is re-read from Kafka, the update is
+    not repeated (inbox), and the mail is sent then, once."""
+    drop, mailer = smtp
+    flaky = FlakyMailer(mailer)
+    flow = ScenarioFlow(wiring, flaky, threshold_s=5.0)
+    try:
+        flow.start()
+        assert flow.submit("flaky-1", "kim@example.com", runtime_s=0.05).ok
+        deadline = time.monotonic() + 15
+        while drop.kinds("flaky-1")["all-ready"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert flaky.failures == 1
+        assert drop.kinds("flaky-1") == {"ui": 1, "md": 1, "all-ready": 1}
+        assert flow.deliveries[("ui", "flaky-1")] == 2 and flow.updates[("ui", "flaky-1")] == 1
+        assert flow.deliveries[("md", "flaky-1")] == 1 and flow.updates[("md", "flaky-1")] == 1
     finally:
         flow.close()
