@@ -4,7 +4,9 @@ Saga ``scenario_request``: ``ui_init`` and ``md_init`` (:class:`~distkit.saga.Sq
 with the saga log's own record of the step, exactly once), then ``abinitio``, a
 :class:`~distkit.saga.RemoteStep` whose ``timeout_s`` is the threshold: no reply in time → the step timed out →
 the saga compensates in reverse (the batch job is killed, MD's record CANCELLED, UI's record FAILED) and
-the user is mailed from the coordinator's ``compensated`` event.
+the user is mailed from the coordinator's ``compensated`` event. The UI's record is the request's status:
+a result that reaches a system before that system's compensation wins there (conditional updates), so a
+job finishing just after the threshold can leave MD's record DONE while the request is FAILED.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from distkit.saga import (
     SagaResult,
     SqlSagaLog,
     SqlStep,
-    StepContext,
     reply_for,
 )
 from distkit.tracing import request_context, traced_handler
@@ -54,13 +55,13 @@ class ScenarioFlow:
             broker.create_topic(topic, 2)
         self.tracing = TracerProvider()  # this app's own provider: nothing global is touched
         inbox = Inbox(engine, table=wiring.table("inbox"))
-        self.ui = SystemDb("ui", engine, wiring.table("ui_requests"), inbox)
-        self.md = SystemDb("md", engine, wiring.table("md_requests"), inbox)
+        self.ui = SystemDb("ui", engine, wiring.table("ui_requests"), inbox, cancelled="FAILED")
+        self.md = SystemDb("md", engine, wiring.table("md_requests"), inbox, cancelled="CANCELLED")
         self.notifier = Notifier(wiring.redis, mailer, ns, ("ui", "md"))
         self.batch = BatchSystem(broker, self.results, f"{ns}-abinitio", self.tracing)
         self.saga = Saga("scenario_request", steps=[
-            SqlStep("ui_init", action=self._init(self.ui), compensate=self._cancel(self.ui, "FAILED")),
-            SqlStep("md_init", action=self._init(self.md), compensate=self._cancel(self.md, "CANCELLED")),
+            SqlStep("ui_init", action=self.ui.init_step, compensate=self.ui.cancel_step),
+            SqlStep("md_init", action=self.md.init_step, compensate=self.md.cancel_step),
             RemoteStep("abinitio", command_topic=self.jobs, reply_topic=self.replies, timeout_s=threshold_s),
         ])
         self.log = SqlSagaLog(engine, table=wiring.table("sagas"))
@@ -74,17 +75,11 @@ class ScenarioFlow:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def _init(self, system: SystemDb) -> Callable[[StepContext], None]:
-        return lambda ctx: system.create(ctx.connection, ctx.saga_id, ctx.payload["user"])
-
-    def _cancel(self, system: SystemDb, status: str) -> Callable[[StepContext], int]:
-        return lambda ctx: system.cancel(ctx.connection, ctx.saga_id, status)
-
     def _on_event(self, ev: SagaEvent) -> None:
         with self._lock:
             self.events.append(ev)
         row = self.ui.get(ev.saga_id) if ev.kind == "compensated" else None
-        if row is not None:
+        if row is not None and row["status"] == "FAILED":  # not if a result reached the UI before the compensation
             self.notifier.failed(ev.saga_id, row["user_email"])
 
     def handler(self, system: SystemDb) -> Callable[[Message], None]:

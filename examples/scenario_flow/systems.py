@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Column, Engine, MetaData, String, Table, insert, select, update
 
 from distkit.idempotency import Inbox
+from distkit.saga import StepContext
 
 PENDING, DONE = "PENDING", "DONE"
 
@@ -20,8 +21,9 @@ PENDING, DONE = "PENDING", "DONE"
 class SystemDb:
     """The ``name`` system's request table ``table`` on ``engine`` (created if missing)."""
 
-    def __init__(self, name: str, engine: Engine, table: str, inbox: Inbox) -> None:
+    def __init__(self, name: str, engine: Engine, table: str, inbox: Inbox, *, cancelled: str) -> None:
         self.name = name
+        self.cancelled = cancelled
         self.engine = engine
         self.inbox = inbox
         self.table = Table(
@@ -35,7 +37,7 @@ class SystemDb:
         self.table.metadata.create_all(engine)
 
     def create(self, conn: Any, request_id: str, user: str) -> None:
-        """The init record, written on the saga's own connection (a :class:`~distkit.saga.SqlStep`)."""
+        """The init record, on the caller's connection (the saga's, in :meth:`init_step`)."""
         conn.execute(insert(self.table).values(request_id=request_id, user_email=user, status=PENDING))
 
     def cancel(self, conn: Any, request_id: str, status: str) -> int:
@@ -51,6 +53,14 @@ class SystemDb:
             t = self.table
             stmt = update(t).where(t.c.request_id == request_id, t.c.status == PENDING)
             return int(conn.execute(stmt.values(status=DONE, result=result)).rowcount) == 1
+
+    def init_step(self, ctx: StepContext) -> None:
+        """The saga's step for this system (a :class:`~distkit.saga.SqlStep`: the record commits with the log)."""
+        self.create(ctx.connection, ctx.saga_id, ctx.payload["user"])
+
+    def cancel_step(self, ctx: StepContext) -> int:
+        """Its compensation: a pending record becomes ``cancelled`` (an empty compensation changes nothing)."""
+        return self.cancel(ctx.connection, ctx.saga_id, self.cancelled)
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
