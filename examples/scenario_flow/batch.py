@@ -10,7 +10,6 @@ the job's trace continues the UI request's trace, because the handler runs in th
 from __future__ import annotations
 
 import contextvars
-import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -20,8 +19,6 @@ from opentelemetry.trace import TracerProvider
 from distkit.messaging import Broker, Message
 from distkit.saga import Command, parse_command, reply_for
 from distkit.tracing import inject_headers, traced_handler
-
-log = logging.getLogger("examples.scenario_flow")
 
 
 class BatchSystem:
@@ -86,24 +83,3 @@ class BatchSystem:
                 timer.cancel()
         self._producer.close()
 
-
-def consume(broker: Broker, group: str, topic: str, handler: Any, stop: threading.Event,
-            ready: threading.Event) -> None:
-    """A consumer group's poll loop: offsets are committed after the batch is handled; a handler that raises
-    leaves them uncommitted, and the loop's next consumer reads those messages again (redelivery)."""
-    while not stop.is_set():
-        consumer = broker.consumer(group, [topic])
-        try:
-            while not stop.is_set():
-                batch = consumer.poll_batch(50, 0.1)
-                if consumer.assignment():
-                    ready.set()
-                for msg in batch:
-                    handler(msg)
-                if batch:
-                    consumer.commit()
-        except Exception:  # logged, then re-read from the committed offsets
-            log.exception("consumer %s: handler failed; re-reading from the committed offsets", group)
-            stop.wait(0.2)
-        finally:
-            consumer.close()

@@ -34,7 +34,8 @@ from distkit.saga import (
 )
 from distkit.tracing import request_context, traced_handler
 from examples._wiring import Wiring
-from examples.scenario_flow.batch import BatchSystem, consume
+from examples.scenario_flow.batch import BatchSystem
+from examples.scenario_flow.consumer import consume
 from examples.scenario_flow.mail import Mailer
 from examples.scenario_flow.notify import Notifier
 from examples.scenario_flow.systems import DONE, SystemDb
