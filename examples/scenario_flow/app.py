@@ -45,6 +45,9 @@ def main(wiring: Wiring | None = None, *, mailer: Mailer | None = None, threshol
         story.step(f"{ok_id}: the same result event published {redeliveries} more time(s)")
         redelivered = _wait(lambda: all(flow.deliveries[(s, ok_id)] == 1 + redeliveries for s in ("ui", "md")))
         after = flow.notifier.count(ok_id)
+        got = {s: flow.deliveries[(s, ok_id)] for s in ("ui", "md")}
+        updates = {s: flow.updates[(s, ok_id)] for s in ("ui", "md")}
+        story.step(f"{ok_id}: deliveries {got}, updates {updates}, mails {after}")
 
         failed = flow.submit(late_id, user, runtime_s=threshold_s * 20)
         ui_late, md_late = flow.ui.get(late_id) or {}, flow.md.get(late_id) or {}
@@ -56,8 +59,8 @@ def main(wiring: Wiring | None = None, *, mailer: Mailer | None = None, threshol
         traces = {s: sorted(flow.seen_traces[(s, ok_id)]) for s in ("ui", "md")}
         story.fact("request_ids", {"completed": ok_id, "timed_out": late_id})
         story.fact("mails", {ok_id: after, late_id: late_mails})
-        story.fact("updates", {s: flow.updates[(s, ok_id)] for s in ("ui", "md")})
-        story.fact("deliveries", {s: flow.deliveries[(s, ok_id)] for s in ("ui", "md")})
+        story.fact("updates", updates)
+        story.fact("deliveries", got)
         story.fact("statuses", {ok_id: [ui.get("status"), md.get("status")],
                                 late_id: [ui_late.get("status"), md_late.get("status")]})
         story.fact("compensations", dict(comps))
@@ -69,8 +72,7 @@ def main(wiring: Wiring | None = None, *, mailer: Mailer | None = None, threshol
         story.check("one mail per system and one 'all ready' mail", mailed and first == after and
                     first == {"ui": 1, "md": 1, "all-ready": 1, "failed": 0}, str(first))
         story.check("redelivered event: no second update, no second mail",
-                    redelivered and flow.updates[("ui", ok_id)] == flow.updates[("md", ok_id)] == 1 and after == first,
-                    f"deliveries {dict(flow.deliveries)}, mails {after}")
+                    redelivered and updates == {"ui": 1, "md": 1} and after == first, f"deliveries {got}")
         story.check("no result in time: request FAILED, MD CANCELLED, user mailed once",
                     failed.status.value == "COMPENSATED" and ui_late.get("status") == "FAILED"
                     and md_late.get("status") == "CANCELLED" and late_mails["failed"] == 1
