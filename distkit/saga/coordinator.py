@@ -9,6 +9,7 @@ out is taken over by :meth:`SagaCoordinator.resume_pending`. Decisions come from
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -210,7 +211,8 @@ class SagaCoordinator:
     def start(self, saga: Saga, saga_id: str, payload: Mapping[str, Any] | None = None) -> Future[SagaResult]:
         """Run in the background; the future gives the :class:`SagaResult`."""
         self.register(saga)
-        return self._executor.submit(self.run, saga, saga_id, payload)
+        context = contextvars.copy_context()  # the caller's trace and request context go with the saga
+        return self._executor.submit(context.run, self.run, saga, saga_id, payload)
 
     def status(self, saga_id: str) -> SagaStatus | None:
         rec = self.log.get(saga_id)
