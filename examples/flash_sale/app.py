@@ -66,7 +66,7 @@ def _report(story: Story, name: str, sale: SaleResult, ledger: list[str], units:
     outcomes = sale.outcomes()
     sold = {o for o in sale.answers if sale.final(o) == SOLD}
     per_request: Counter[str] = Counter(a for got in sale.answers.values() for a in got)
-    rejected = {a: n for a, n in per_request.items() if a != SOLD}
+    rejected = {a: per_request[a] for a in ANSWERS[1:]} | {a: n for a, n in per_request.items() if a not in ANSWERS}
     story.step(f"[{name}] sold = {outcomes[SOLD]}, duplicates = {len(ledger) - len(set(ledger))}, rejected "
                f"{rejected}; {sale.seconds:.2f} s, answer p50 {sale.percentile_ms(0.5):.0f} ms, "
                f"p99 {sale.percentile_ms(0.99):.0f} ms")
