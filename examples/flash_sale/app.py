@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from distkit.ratelimit import Rate, TokenBucket
-from distkit.ratelimit.backends import RedisBackend
+from distkit.ratelimit import Rate, RedisBackend, TokenBucket
 from distkit.resilience import Bulkhead
 from examples._story import Story
 from examples._wiring import Wiring
@@ -27,12 +26,12 @@ RATE, BURST, WORKERS, IN_FLIGHT, SLOT_WAIT_S = Rate(200, per_s=1.0), 200, 64, 16
 
 def main(wiring: Wiring | None = None, *, buyers: int = 1000, units: int = 100, deliveries: int = 1,
          strategies: Sequence[str] = STRATEGIES) -> Story:
-    """``deliveries=2`` sends every buyer's request twice, concurrently (a duplicate delivery of the same order
-    id): still exactly ``units`` sold and no order twice."""
+    """``deliveries=2`` sends every buyer's request twice, back to back (a duplicate delivery of the same order
+    id, racing the original): still exactly ``units`` sold and no order twice."""
     own = wiring is None
     w = wiring if wiring is not None else Wiring.from_env()
-    story = Story(f"Flash sale: {units} units, {buyers} buyers" + (f", each request x{deliveries}" if deliveries > 1
-                                                                    else ""))
+    twice = f", every request delivered {deliveries} times" if deliveries > 1 else ""
+    story = Story(f"Flash sale: {units} units, {buyers} buyers{twice}")
     backend = RedisBackend(w.redis, prefix=f"{w.namespace}:rl")
     limiter = TokenBucket(RATE, burst=BURST, backend=backend, name="checkout")
     try:

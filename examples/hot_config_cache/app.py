@@ -15,9 +15,10 @@ from examples.hot_config_cache.service import LOCAL_TTL_S, config_cache, loads, 
 from examples.hot_config_cache.store import SETTINGS, ConfigStore
 
 
-def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
+def _all_see(report: ReaderReport, version: int, timeout_s: float) -> bool:
+    """Wait (bounded) until every reader of this process has read ``version`` or a later one."""
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not all(seen and seen[-1][0] >= version for seen in report.segments):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.002)
@@ -49,7 +50,7 @@ def main(wiring: Wiring | None = None, *, readers: int = 50, refreshes: int = 5,
         for version in range(2, final + 1):
             publish(admin, store, version)
             committed[version] = time.time()
-            seen = _wait(lambda: all(s and s[-1][0] >= version for s in report.segments), 5.0)  # noqa: B023
+            seen = _all_see(report, version, 5.0)
             story.step(f"admin saved version {version}; {'every reader sees it' if seen else 'NOT SEEN'}; "
                        f"loader calls so far: {loads(w)}")
         running.join(15.0)
@@ -66,19 +67,21 @@ def main(wiring: Wiring | None = None, *, readers: int = 50, refreshes: int = 5,
 
 def _report(story: Story, report: ReaderReport, committed: dict[int, float], readers: int, refreshes: int,
             total_loads: int) -> None:
-    stale, lag_s = staleness(report.segments, committed)
+    stale, late_s, lag_s = staleness(report.segments, committed)
     for key, value in (("reads", report.reads), ("torn", report.torn), ("regressions", report.regressions),
-                       ("stale_after_commit", stale), ("max_lag_ms", round(lag_s * 1000, 1)),
-                       ("loads", total_loads), ("finished", report.finished), ("errors", report.errors),
-                       ("committed_at", committed)):
+                       ("stale_after_commit", stale), ("latest_stale_ms", round(late_s * 1000, 1)),
+                       ("max_lag_ms", round(lag_s * 1000, 1)), ("loads", total_loads), ("finished", report.finished),
+                       ("errors", report.errors), ("committed_at", committed)):
         story.fact(key, value)
-    story.step(f"{report.reads} reads: {report.torn} torn, {report.regressions} went back a version, {stale} older "
-               f"than a committed save; each save reached every reader within {lag_s * 1000:.0f} ms")
+    story.step(f"{report.reads} reads: {report.torn} torn, {report.regressions} went back a version; {stale} times a "
+               f"reader still read the older version after a save was committed; every save reached every reader "
+               f"within {lag_s * 1000:.0f} ms")
     story.check("no torn configuration", report.torn == 0, f"{report.torn} reads mixed two versions")
     story.check("versions monotonic per reader", report.regressions == 0,
                 f"{report.regressions} reads older than one the same reader had seen")
-    story.check("no read older than a committed save", stale == 0 and lag_s <= LOCAL_TTL_S,
-                f"{stale} reads started after a newer save was committed; slowest reader {lag_s * 1000:.0f} ms")
+    # After a save, an L1 copy lives until the backplane drops it (milliseconds), at worst local_ttl_s.
+    story.check("older versions end within the L1 bound", late_s < LOCAL_TTL_S and lag_s <= LOCAL_TTL_S,
+                f"last older read {late_s * 1000:.0f} ms after a commit; slowest reader {lag_s * 1000:.0f} ms")
     story.check("one reload per refresh", total_loads == 1 + refreshes,
                 f"loader ran {total_loads} times for 1 cold start + {refreshes} refreshes, {readers} readers")
     story.check("every reader finished", report.finished == readers and not report.errors,

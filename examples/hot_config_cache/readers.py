@@ -79,13 +79,16 @@ def run_readers(cache: HotKeyCache, threads: int, final_version: int, *, timeout
     return report
 
 
-def staleness(segments: list[list[Segment]], committed: dict[int, float]) -> tuple[int, float]:
-    """(reads of an older version that *started* after a newer one was committed, the longest time from a commit
-    to a reader's first read of it or later), over every reader."""
-    stale, lag = 0, 0.0
+def staleness(segments: list[list[Segment]], committed: dict[int, float]) -> tuple[int, float, float]:
+    """Over every reader: how many (reader, save) pairs had a read of an older version *start* after the save was
+    committed (an L1 copy the backplane had not dropped yet), the latest such start after its commit (s), and
+    the longest time from a commit to a reader's first answer at that version or later (s)."""
+    stale, late, lag = 0, 0.0, 0.0
     for seen in segments:
         for version, at in committed.items():
-            stale += sum(1 for v, _first, last in seen if v < version and last > at)
+            after = [last - at for v, _first, last in seen if v < version and last > at]
+            stale += bool(after)
+            late = max([late, *after])
             first = min((f for v, f, _last in seen if v >= version), default=None)
             lag = max(lag, (first - at) if first is not None else float("inf"))
-    return stale, lag
+    return stale, late, lag

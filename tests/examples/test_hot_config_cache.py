@@ -23,7 +23,7 @@ from examples.hot_config_cache.store import ConfigStore, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 INVARIANTS = {"readers started", "no torn configuration", "versions monotonic per reader",
-              "no read older than a committed save", "one reload per refresh", "every reader finished"}
+              "older versions end within the L1 bound", "one reload per refresh", "every reader finished"}
 
 
 def test_fifty_readers_one_writer_one_reload_per_refresh(wiring: Wiring) -> None:
@@ -31,7 +31,7 @@ def test_fifty_readers_one_writer_one_reload_per_refresh(wiring: Wiring) -> None
     assert story.checks == dict.fromkeys(INVARIANTS, True)
     facts = story.facts
     assert facts["loads"] == 6  # 1 cold load + 1 per refresh, not 1 per reader
-    assert facts["torn"] == 0 and facts["regressions"] == 0 and facts["stale_after_commit"] == 0
+    assert facts["torn"] == 0 and facts["regressions"] == 0
     assert facts["finished"] == 50 and facts["errors"] == []
     reads = facts["reads"]
     assert isinstance(reads, int) and reads >= 2 * 50  # every reader read version 1 and version 6 at least
@@ -66,8 +66,8 @@ def test_reader_processes_share_the_one_reload_per_refresh(wiring: Wiring, pg_sc
     for out in outs:
         report = json.loads(out)
         assert (report["torn"], report["regressions"], report["finished"], report["errors"]) == (0, 0, 25, [])
-        stale, lag_s = staleness(report["segments"], committed)
-        assert stale == 0 and lag_s <= LOCAL_TTL_S  # no process kept serving a version older than committed
+        _stale, late_s, lag_s = staleness(report["segments"], committed)
+        assert late_s < LOCAL_TTL_S and lag_s <= LOCAL_TTL_S  # no process kept serving an older version
 
 
 @pytest.mark.parametrize("rw_lock", [True, False])
