@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from distkit.ratelimit import MemoryBackend, Rate, TokenBucket
+from distkit.resilience import Bulkhead
+from distkit.stock import RedisStock
 from examples._wiring import Wiring
 from examples.flash_sale import main
 from examples.flash_sale.app import BURST, IN_FLIGHT
-from examples.flash_sale.shop import SOLD
+from examples.flash_sale.shop import BUSY, RATE_LIMITED, SOLD, checkout_endpoint
 
 INVARIANTS = ("sold == units", "no order sold twice", "stock never negative", "one answer per request",
               "answers match the store")
@@ -44,3 +47,21 @@ def test_every_request_delivered_twice_still_sells_each_unit_once(wiring: Wiring
     # duplicates arrive right behind their originals, so many race them into the stock: told "sold" again,
     # never given a second unit (the store's ledger has 100 distinct orders, checked above)
     assert 100 < answers[SOLD] <= 200
+
+
+def test_shedding_answers_try_later_without_touching_the_stock(wiring: Wiring) -> None:
+    """A full bulkhead and an exhausted limiter answer "try later" at once; only admitted requests deduct."""
+    stock = RedisStock(wiring.redis, namespace=wiring.namespace)
+    stock.load("sku-s", 5)
+    bulkhead = Bulkhead("checkout-test", max_concurrent=1, max_wait_s=0.0)
+    limiter = TokenBucket(Rate(1, per_s=3600), burst=3, backend=MemoryBackend())
+    buy = checkout_endpoint(stock, "sku-s", limiter, bulkhead)
+    try:
+        with bulkhead:  # the only slot is taken, as by a slow deduction in flight
+            assert buy("o-1") == BUSY
+        assert stock.available("sku-s") == 5
+        assert [buy("o-1"), buy("o-1"), buy("o-2")] == [SOLD, SOLD, RATE_LIMITED]  # the retry took no 2nd unit
+        assert stock.available("sku-s") == 4
+        assert bulkhead.metrics().rejected == 1
+    finally:
+        stock.close()
