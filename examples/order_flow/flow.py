@@ -49,15 +49,16 @@ class Outcome:
 class OrderService:
     """Places orders; ``producers`` Kafka transactions can be open at once (one per transactional id, like
     one per pod): the ids are stable, so a restarted service fences and aborts what its predecessor left open.
-    ``fault(ctx)`` runs at the start of every step: tests raise from it to break an order at a chosen point."""
+    ``fault(ctx)`` runs at the start of every step: tests raise from it to break an order at a chosen point.
+    ``ids``: a generator to share (else one is leased for this service and closed with it)."""
 
     def __init__(self, wiring: Wiring, users: Ledger, goods: Ledger, *, producers: int = 2,
-                 fault: Fault | None = None, lease_s: float = 30.0) -> None:
+                 fault: Fault | None = None, lease_s: float = 30.0, ids: Snowflake | None = None) -> None:
         self.broker = wiring.broker
         self.topic = wiring.topic("orders")
-        self.users, self.goods, self._fault = users, goods, fault
-        self.ids = Snowflake.from_lease(RedisWorkerLease(wiring.redis, namespace=wiring.namespace,
-                                                         ttl_s=ID_LEASE_TTL_S, mark_ttl_s=600))
+        self.users, self.goods, self._fault, self._own_ids = users, goods, fault, ids is None
+        self.ids = ids or Snowflake.from_lease(RedisWorkerLease(wiring.redis, namespace=wiring.namespace,
+                                                                ttl_s=ID_LEASE_TTL_S, mark_ttl_s=600))
         self.log = SqlSagaLog(wiring.engine, table=wiring.table("sagas"))
         self.saga = Saga("place_order", [
             SqlStep("debit_balance", action=self._debit, compensate=self._refund),
@@ -115,7 +116,8 @@ class OrderService:
 
     def close(self) -> None:
         self.coordinator.close()
-        self.ids.close()
+        if self._own_ids:
+            self.ids.close()
 
     # -- the saga's steps -----------------------------------------------------------------------------------
     def _step(self, ctx: StepContext) -> dict[str, Any]:

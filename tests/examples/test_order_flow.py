@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ from typing import Any
 
 import pytest
 
+from distkit.config import Settings
+from distkit.idgen import RedisWorkerLease, Snowflake
 from distkit.saga import SagaStatus, StepContext
 from examples._wiring import Wiring
 from examples.order_flow import main
 from examples.order_flow.app import open_shop
 from examples.order_flow.downstream import OrderCounter, close_till
-from examples.order_flow.flow import PARTITIONS, Fault, OrderService, Outcome
+from examples.order_flow.flow import ID_LEASE_TTL_S, PARTITIONS, Fault, OrderService, Outcome
 from examples.order_flow.services import Ledger
 
 pytestmark = pytest.mark.timeout(60)
@@ -30,10 +33,12 @@ class Shop:
     users: Ledger
     goods: Ledger
     counter: OrderCounter
+
+    ids: Snowflake
     rounds: int = 0
 
     def service(self, **kwargs: Any) -> OrderService:
-        return OrderService(self.wiring, self.users, self.goods, **kwargs)
+        return OrderService(self.wiring, self.users, self.goods, ids=self.ids, **kwargs)
 
     def read_all(self, isolation_level: str = "read_committed") -> OrderCounter:
         """Commit a till marker into every partition and read up to it (with a fresh counter if asked for
@@ -51,11 +56,22 @@ class Shop:
         return counter
 
 
+@pytest.fixture(scope="module")
+def ids(settings: Settings) -> Iterator[Snowflake]:
+    """One leased generator for the fault tests: a new lease namespace waits one ttl, once per module."""
+    client = settings.redis()
+    gen = Snowflake.from_lease(RedisWorkerLease(client, namespace=f"t-orders-{uuid.uuid4().hex[:8]}",
+                                                ttl_s=ID_LEASE_TTL_S, mark_ttl_s=60))
+    yield gen
+    gen.close()
+    client.close()
+
+
 @pytest.fixture
-def shop(wiring: Wiring) -> Iterator[Shop]:
+def shop(wiring: Wiring, ids: Snowflake) -> Iterator[Shop]:
     users, goods = open_shop(wiring)
     counter = OrderCounter(wiring.broker, wiring.topic("orders"), group=f"{wiring.namespace}.shipping")
-    yield Shop(wiring, users, goods, counter)
+    yield Shop(wiring, users, goods, counter, ids)
     counter.close()
 
 
