@@ -96,9 +96,6 @@ class OrderService:
 
     def _abort(self, tx: TransactionalProducer, tid: str) -> None:
         try:
-            # wait for the event's ack first: an abort racing the partition's registration with the transaction
-            # coordinator can fail fatally with INVALID_TXN_STATE (librdkafka issue #4849)
-            tx.flush(5.0)
             tx.abort()
         except MessagingError:
             # this producer is dead and can never commit; a new instance with its id fences it, and that makes
