@@ -37,6 +37,8 @@ Fault = Callable[[StepContext], None]
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one order: its saga's terminal status (``COMPLETED`` = placed) and why it failed."""
+
     order_id: int
     status: SagaStatus
     error: str | None
