@@ -1,7 +1,7 @@
 """The gateway: an ASGI app that checks the JWT, picks a live instance of the route's service and forwards.
 
 Response codes (docs/gateway.md): 401 bad or missing token (with ``WWW-Authenticate``), 404 no route, 429 rate
-limited (``Retry-After`` + RateLimit headers), 503 no live instance, 502 every tried instance refused the
+limited (``Retry-After`` + RateLimit headers), 503 no live instance, 502 every tried instance refused (or reset) the
 connection, 504 the backend did not answer in time; anything else is the backend's own answer.
 
 The request path never waits on Redis: each route's instances come from a registry watch kept in memory.
@@ -175,7 +175,9 @@ class Gateway:
                     else:
                         resp = await self._send(method, inst, target,
                                                 inject_headers(dict(headers), context=parent), body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+            except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+                # refused, or reset before the answer (a backend dying with our keep-alive connection open):
+                # idempotent methods try another instance, others end in 502 (never a 500 from the gateway)
                 self.outlier.record(inst, False, live)
                 continue
             except httpx.TimeoutException:
