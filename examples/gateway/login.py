@@ -1,0 +1,34 @@
+"""The login service, reduced to what the gateway needs from it: signed tokens and the key that verifies them."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from distkit.gateway import JwtVerifier
+
+ISSUER, AUDIENCE = "https://login.shop.example", "shop-api"
+
+
+class Login:
+    """The identity provider: an RS256 key pair made at start. Only the public half reaches the gateway, and the
+    private key is never printed or stored."""
+
+    def __init__(self) -> None:
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = f"login-{secrets.token_hex(4)}"
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        """What the login service publishes (its JWKS); the gateway verifies with this alone."""
+        return self._key.public_key()
+
+    def verifier(self) -> JwtVerifier:
+        return JwtVerifier({self.kid: self.public_key()}, algorithms=["RS256"], issuer=ISSUER, audience=AUDIENCE)
+
+    def token(self, user: str, *, ttl_s: int = 300) -> str:
+        now = int(time.time())
+        claims = {"sub": user, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl_s}
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
