@@ -81,14 +81,14 @@ class Shop:
         self.shipping = Shipping(wiring.broker, self.topic, f"{wiring.namespace}-shipping", self.tracing)
         on_exit(self.shipping.stop)
         self.pricing = Pricing()
-        pricing_server = Served(self.pricing, "pricing")
-        on_exit(pricing_server.stop)
+        self.pricing_server = Served(self.pricing, "pricing")
+        on_exit(self.pricing_server.stop)
         self.registry = ServiceRegistry(wiring.redis, namespace=wiring.namespace, ttl_s=ttl_s)
         self.orders: dict[str, OrderService] = {}
         self.servers: dict[str, Served] = {}
         self.registrations: dict[str, Registration] = {}
         for name in INSTANCES:
-            self.orders[name] = OrderService(name, pricing_server.url, wiring.broker, self.topic, self.tracing)
+            self.orders[name] = OrderService(name, self.pricing_server.url, wiring.broker, self.topic, self.tracing)
             on_exit(self.orders[name].close)
             self.servers[name] = Served(self.orders[name], name)
             on_exit(self.servers[name].stop)

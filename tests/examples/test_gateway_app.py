@@ -52,7 +52,7 @@ def test_the_app_holds_its_invariants_and_leaves_nothing_running(wiring: Wiring)
         time.sleep(0.05)
     assert left == []
     ports = f["ports"]
-    assert isinstance(ports, list) and len(ports) == 3
+    assert isinstance(ports, list) and len(ports) == 4  # gateway, pricing, order-a, order-b
     for port in ports:
         with socket.socket() as s, pytest.raises(ConnectionRefusedError):
             s.connect(("127.0.0.1", port))
