@@ -1,10 +1,12 @@
-"""The login service, reduced to what the gateway needs from it: signed tokens and the key that verifies them."""
+"""The login service, reduced to what the gateway needs from it (signed tokens, the key that verifies them),
+and a client that logs its users in once and sends their tokens."""
 
 from __future__ import annotations
 
 import secrets
 import time
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -32,3 +34,18 @@ class Login:
         now = int(time.time())
         claims = {"sub": user, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + ttl_s}
         return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.kid})
+
+
+class Client:
+    """Callers of the gateway: one login token per user, sent as ``Authorization: Bearer``."""
+
+    def __init__(self, http: httpx.Client, login: Login) -> None:
+        self.http, self.login, self.tokens = http, login, dict[str, str]()
+
+    def auth(self, user: str) -> dict[str, str]:
+        if user not in self.tokens:
+            self.tokens[user] = self.login.token(user)
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+    def get(self, user: str, n: int, **headers: str) -> httpx.Response:
+        return self.http.get(f"/orders/{n}", headers={**self.auth(user), **headers})
