@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -23,6 +23,10 @@ from distkit.gateway.jwt import Claims, JwtVerifier
 from distkit.gateway.registry import ServiceInstance, ServiceRegistry, Watch
 from distkit.tracing.propagation import extract_context, inject_headers
 from distkit.tracing.spans import tracer_for
+
+if TYPE_CHECKING:
+    from distkit.ratelimit import MemoryBackend, RedisBackend
+    from distkit.ratelimit.limiter import Limiter
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -47,7 +51,7 @@ class Gateway:
         *,
         routes: Mapping[str, str],
         balancer: Balancer | None = None,
-        rate_limiter: Any = None,
+        rate_limiter: Limiter[MemoryBackend] | Limiter[RedisBackend] | None = None,
         outlier: OutlierDetector | None = None,
         timeout_s: float = 10.0,
         retries: int = 1,
