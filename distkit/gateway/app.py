@@ -25,7 +25,7 @@ from distkit.tracing.propagation import extract_context, inject_headers
 from distkit.tracing.spans import tracer_for
 
 if TYPE_CHECKING:
-    from distkit.ratelimit import MemoryBackend, RedisBackend
+    from distkit.ratelimit import AsyncRedisBackend, MemoryBackend, RedisBackend
     from distkit.ratelimit.limiter import Limiter
 
 Scope = dict[str, Any]
@@ -51,7 +51,7 @@ class Gateway:
         *,
         routes: Mapping[str, str],
         balancer: Balancer | None = None,
-        rate_limiter: Limiter[MemoryBackend] | Limiter[RedisBackend] | None = None,
+        rate_limiter: Limiter[AsyncRedisBackend] | Limiter[MemoryBackend] | Limiter[RedisBackend] | None = None,
         outlier: OutlierDetector | None = None,
         timeout_s: float = 10.0,
         retries: int = 1,
