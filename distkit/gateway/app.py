@@ -1,7 +1,7 @@
 """The gateway: an ASGI app that checks the JWT, picks a live instance of the route's service and forwards.
 
 Response codes (docs/gateway.md): 401 bad or missing token (with ``WWW-Authenticate``), 404 no route, 429 rate
-limited (``Retry-After`` + RateLimit headers), 503 no live instance, 502 every tried instance refused the
+limited (``Retry-After`` + RateLimit headers), 503 no live instance, 502 every tried instance refused (or reset) the
 connection, 504 the backend did not answer in time; anything else is the backend's own answer.
 
 The request path never waits on Redis: each route's instances come from a registry watch kept in memory.
@@ -25,7 +25,7 @@ from distkit.tracing.propagation import extract_context, inject_headers
 from distkit.tracing.spans import tracer_for
 
 if TYPE_CHECKING:
-    from distkit.ratelimit import MemoryBackend, RedisBackend
+    from distkit.ratelimit import AsyncRedisBackend, MemoryBackend, RedisBackend
     from distkit.ratelimit.limiter import Limiter
 
 Scope = dict[str, Any]
@@ -51,7 +51,7 @@ class Gateway:
         *,
         routes: Mapping[str, str],
         balancer: Balancer | None = None,
-        rate_limiter: Limiter[MemoryBackend] | Limiter[RedisBackend] | None = None,
+        rate_limiter: Limiter[AsyncRedisBackend] | Limiter[MemoryBackend] | Limiter[RedisBackend] | None = None,
         outlier: OutlierDetector | None = None,
         timeout_s: float = 10.0,
         retries: int = 1,
@@ -179,7 +179,9 @@ class Gateway:
                     else:
                         resp = await self._send(method, inst, target,
                                                 inject_headers(dict(headers), context=parent), body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+            except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError):
+                # refused, or reset before the answer (a backend dying with our keep-alive connection open):
+                # idempotent methods try another instance, others end in 502 (never a 500 from the gateway)
                 self.outlier.record(inst, False, live)
                 continue
             except httpx.TimeoutException:

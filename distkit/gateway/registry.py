@@ -88,10 +88,15 @@ class Registration:
             except Exception as exc:  # keep trying: the instance expires on its own if Redis stays away
                 log.warning("heartbeat of %s/%s failed: %s", self.instance.service, self.instance.instance_id, exc)
 
-    def deregister(self) -> None:
-        """Stop heartbeating and remove the instance now (``instances()`` no longer lists it)."""
+    def abandon(self) -> None:
+        """Stop heartbeating but stay listed until ``ttl_s`` runs out: what a crashed process leaves behind
+        (for failover drills and tests of an in-process server)."""
         self._stop.set()
         self._thread.join(5)
+
+    def deregister(self) -> None:
+        """Stop heartbeating and remove the instance now (``instances()`` no longer lists it)."""
+        self.abandon()
         self.registry._deregister(self.instance)
 
     def __enter__(self) -> Registration:

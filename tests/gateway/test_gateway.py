@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -15,7 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
-from distkit.gateway import Gateway, JwtVerifier, OutlierDetector, RoundRobin, ServiceRegistry
+from distkit.gateway import Gateway, JwtVerifier, OutlierDetector, RoundRobin, ServiceInstance, ServiceRegistry
 from distkit.ratelimit import MemoryBackend, Rate, TokenBucket
 from tests.gateway.conftest import AUDIENCE, ISSUER, Tokens, public_pem
 from tests.gateway.test_registry import start_backend
@@ -176,3 +177,69 @@ def test_a_backend_answering_503_is_ejected_and_comes_back(
         for p, _ in (good, flaky):
             p.kill()
             p.wait()
+
+
+class Resetter:
+    """A backend that reads the request, then resets the connection (SO_LINGER 0): what the gateway sees when an
+    instance dies while its pooled keep-alive connection is open."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.05)  # accept() wakes up to notice close()
+        self.port = int(self.sock.getsockname()[1])
+        self.requests = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            conn.recv(65536)
+            self.requests += 1
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_a_connection_reset_before_the_answer_is_retried_for_gets_and_a_502_for_posts(
+    tokens: Tokens, verifier: JwtVerifier, redis_url: str, redis_client: Any, namespace: str
+) -> None:
+    """Regression: httpx.ReadError (connection reset while waiting for the answer) escaped the gateway as a 500."""
+    good = start_backend(redis_url, namespace, "good")
+    resetter = Resetter()
+    registry = ServiceRegistry(redis_client, namespace=namespace, ttl_s=5)
+    reg = registry.register(ServiceInstance("order", "127.0.0.1", resetter.port, metadata={"name": "resetter"}))
+    gw = Gateway(registry, verifier, routes={"/orders": "order"}, balancer=RoundRobin(),
+                 outlier=OutlierDetector(consecutive_failures=100))
+    wait_for(lambda: len(gw.instances("order")) == 2)
+    served = Served(gw)
+    auth = {"Authorization": f"Bearer {tokens.make()}"}
+    try:
+        with httpx.Client(base_url=served.url, timeout=10) as client:
+            first = gw.instances("order")[0].metadata["name"]
+            gets = [client.get(f"/orders/{i}", headers=auth) for i in range(6)]
+            assert [r.status_code for r in gets] == [200] * 6 and {r.json()["backend"] for r in gets} == {"good"}
+            # a failed try and its retry take two turns of the round-robin, so the resetter is tried first by
+            # every GET from its first turn on
+            assert resetter.requests == (6 if first == "resetter" else 5)
+            posts = Counter(client.post("/orders", headers=auth, content=b"{}").status_code for _ in range(4))
+            assert posts == {200: 2, 502: 2}  # never retried (it may have acted), never a 500
+            assert resetter.requests == (8 if first == "resetter" else 7)
+    finally:
+        served.stop()
+        gw.close()
+        reg.deregister()
+        resetter.close()
+        good[0].kill()
+        good[0].wait()

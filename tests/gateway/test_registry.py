@@ -97,3 +97,16 @@ def test_registry_on_redis_cluster(redis_cluster: Any, namespace: str) -> None:
     for r in regs:
         r.deregister()
     assert registry.instances("order") == []
+
+
+def test_an_abandoned_registration_stays_listed_until_its_ttl_then_expires(redis_client: Any, namespace: str) -> None:
+    registry = ServiceRegistry(redis_client, namespace=namespace, ttl_s=1)
+    reg = registry.register(ServiceInstance("order", "127.0.0.1", 7100))
+    reg.abandon()  # a crash: no more heartbeats, no deregistration
+    abandoned_at = time.monotonic()
+    assert not reg._thread.is_alive()
+    assert [i.port for i in registry.instances("order")] == [7100]  # still listed: nobody said it left
+    while registry.instances("order"):
+        time.sleep(0.05)
+        assert time.monotonic() - abandoned_at < registry.ttl_s + 1.0, "an abandoned instance outlived its ttl"
+    assert time.monotonic() - abandoned_at >= registry.ttl_s - 0.4  # last heartbeat at most ttl/3 before abandon
