@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 APPLY = re.compile(r"/config/uploads/([^/]+)/apply")
+log = logging.getLogger(__name__)
 
 
 async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
@@ -65,6 +67,21 @@ class ConfigUploadApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.route(scope, receive, tracked)
+        except Exception:  # e.g. the database is down: still a JSON answer, and the cause in the log
+            log.exception("config upload request %s %s failed", scope["method"], scope["path"])
+            if not started:
+                await respond(send, 500, {"error": "internal error; nothing was changed, retry later"})
+
+    async def route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         match = APPLY.fullmatch(path)
         if path != "/config/uploads" and match is None:

@@ -52,7 +52,9 @@ def serve(app: ConfigUploadApp, start_timeout_s: float = 10.0) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http="h11", loop="asyncio", lifespan="off", log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app, http="h11", loop="asyncio", lifespan="off", log_config=None, log_level="warning", access_log=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="config-upload", daemon=True)
     thread.start()

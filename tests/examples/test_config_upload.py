@@ -326,6 +326,22 @@ def test_applies_of_two_uploads_racing_leave_exactly_one_live(start: Start, tmp_
     assert app.store.staged_rows() == 0
 
 
+def test_a_failed_apply_changes_nothing_and_can_be_retried(start: Start, tmp_path: Path, wiring: Wiring) -> None:
+    app, http = start()
+    good = write_config(tmp_path / "good.jsonl", templates=100, body_chars=300)
+    upload_id = upload(http, file_chunks(good.path), good.sha256).json()["upload_id"]
+    live = app.store.live.name
+    with wiring.engine.begin() as conn:  # the live table goes missing: the apply fails half-way through
+        conn.execute(text(f'ALTER TABLE "{live}" RENAME TO "{live}_away"'))
+    r = apply(http, upload_id)
+    assert (r.status_code, r.json()) == (500, {"error": "internal error; nothing was changed, retry later"})
+    with wiring.engine.begin() as conn:
+        conn.execute(text(f'ALTER TABLE "{live}_away" RENAME TO "{live}"'))
+    assert app.store.staged_rows(int(upload_id)) == 100  # still staged, and not marked as applied
+    assert apply(http, upload_id).json() == {"upload_id": upload_id, "applied": True, "templates": 100}
+    assert app.store.live_digest() == (100, good.sha256)
+
+
 def test_unknown_ids_and_routes(start: Start) -> None:
     _, http = start()
     assert apply(http, "123").status_code == 404
