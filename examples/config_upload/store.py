@@ -1,8 +1,7 @@
 """The SQL side: a staging table that uploads stream into, the live table, and the apply that swaps them.
 
-An upload writes its rows in batches inside ONE transaction (:class:`StagingWriter`): nothing is visible
-until the file has been read and validated to its end, and any failure — a bad line, the size limit, a client
-that hung up, the process being killed — rolls every staged row back, so there is nothing to clean up.
+Uploads write into staging through :class:`~examples.config_upload.staging.StagingWriter` (one transaction
+per upload, so a failed upload leaves nothing behind).
 
 :meth:`ConfigStore.apply` replaces the live table from staging in one transaction, guarded by a
 :class:`distkit.idempotency.Inbox` row keyed by the staging id: the guard commits with the change, so applying
@@ -14,14 +13,27 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, String, Table, Text, delete, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from distkit.errors import InvalidArgumentError
 from distkit.idempotency import Inbox
-from examples.config_upload.templates import BadLineError, canonical_line, parse_line
+from examples.config_upload.templates import canonical_line
 
 APPLY_CONSUMER = "config-apply"
 
@@ -52,6 +64,7 @@ class ConfigStore:
             Column("upload_id", BigInteger, primary_key=True, autoincrement=False),
             Column("line_no", Integer, primary_key=True, autoincrement=False),
             Column("name", String(200), nullable=False), *cols(),
+            Index(None, "upload_id", "name", unique=True),  # the duplicate-name check's lookup (staging.py)
         )  # fmt: skip
         self.live = Table(
             table("config_templates"), md,
@@ -109,41 +122,3 @@ class ConfigStore:
                 digest.update(canonical_line(name, subject, body))
                 count += 1
         return count, digest.hexdigest()
-
-
-class StagingWriter:
-    """One upload's rows, validated and inserted batch by batch inside one open transaction (blocking calls:
-    the server runs them in a worker thread, one at a time per upload)."""
-
-    def __init__(self, store: ConfigStore, upload_id: int) -> None:
-        self.store, self.upload_id = store, upload_id
-        self.rows = 0
-        self._first_line: dict[str, int] = {}  # name -> line: duplicates are named at upload, not at apply
-        self._conn = store.engine.connect()
-        self._tx = self._conn.begin()
-
-    def write(self, lines: list[tuple[int, bytes]]) -> None:
-        batch: list[dict[str, Any]] = []
-        for line_no, raw in lines:
-            if not raw.strip():
-                continue  # blank lines are allowed (and still counted for line numbers)
-            t = parse_line(line_no, raw)
-            if (first := self._first_line.setdefault(t.name, line_no)) != line_no:
-                raise BadLineError(line_no, f"duplicate template name {t.name!r} (first on line {first})")
-            batch.append({"upload_id": self.upload_id, "line_no": line_no, "name": t.name,
-                          "subject": t.subject, "body": t.body})  # fmt: skip
-        if batch:
-            self._conn.execute(insert(self.store.staging), batch)
-            self.rows += len(batch)
-
-    def commit(self) -> None:
-        try:
-            self._tx.commit()
-        finally:
-            self._conn.close()
-
-    def abort(self) -> None:
-        try:
-            self._tx.rollback()
-        finally:
-            self._conn.close()

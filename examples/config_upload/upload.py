@@ -1,9 +1,9 @@
 """Streaming one upload into staging with bounded memory: the request body is never held whole.
 
 At any moment the upload path holds one network chunk, one unfinished line (<= ``max_line_bytes``) and one
-batch of lines (<= ``batch_bytes`` + one line) with its parsed copy on its way to the database; that is what
-bounds its memory, whatever the file size. Parsing and inserting run in a worker thread, so the event loop
-only splits lines and hashes.
+batch of lines (<= ``batch_bytes`` + one line, <= ``batch_lines`` lines) with its parsed copy on its way to the
+database; that is what bounds its memory, whatever the file's size or number of templates. Parsing and
+inserting run in a worker thread, so the event loop only splits lines and hashes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from distkit.errors import DistkitError, InvalidArgumentError
-from examples.config_upload.store import ConfigStore, StagingWriter
+from examples.config_upload.staging import StagingWriter
+from examples.config_upload.store import ConfigStore
 from examples.config_upload.templates import LineSplitter
 
 
@@ -22,7 +23,8 @@ from examples.config_upload.templates import LineSplitter
 class Limits:
     max_bytes: int = 64 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
-    batch_bytes: int = 256 * 1024
+    batch_bytes: int = 256 * 1024  # a batch is flushed at whichever of these two comes first
+    batch_lines: int = 500
 
 
 class PayloadTooLargeError(InvalidArgumentError):
@@ -77,7 +79,7 @@ async def stage_upload(
             for line in splitter.feed(chunk):
                 batch.append(line)
                 batch_size += len(line[1])
-                if batch_size >= limits.batch_bytes:
+                if batch_size >= limits.batch_bytes or len(batch) >= limits.batch_lines:
                     await asyncio.to_thread(writer.write, batch)
                     progress(writer.rows)
                     batch, batch_size = [], 0

@@ -133,6 +133,51 @@ def test_50_mb_upload_streams_with_bounded_memory(start: Start) -> None:
     assert app.store.staged_rows() == 0
 
 
+@pytest.mark.slow
+def test_memory_does_not_grow_with_the_number_of_templates(start: Start) -> None:
+    # 30k tiny templates: a dict of every name seen (for the duplicate check) would add ~3.4 MiB; the unique index
+    # does that job, so the peak stays at one batch (<= 500 lines) plus one network chunk, well under 4 MiB.
+    app, http = start(Limits())
+    count = 30_000
+
+    def body() -> Iterator[bytes]:
+        chunk = bytearray()
+        for i in range(count):
+            chunk += canonical_line(f"t{i}", "s", "b")
+            if len(chunk) >= 64 * 1024 or i == count - 1:
+                yield bytes(chunk)
+                chunk.clear()
+
+    tracemalloc.start()
+    try:
+        r = upload(http, body())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (r.status_code, r.json()["templates"]) == (201, count)
+    assert app.store.staged_rows() == count
+    assert peak < 4 * MIB, f"peak traced memory {peak / MIB:.1f} MiB for {count} templates"
+
+
+def test_duplicates_are_named_at_their_line_within_and_across_batches(start: Start) -> None:
+    app, http = start(Limits(batch_lines=10))
+    lines = [canonical_line(f"n{i}", "s", "b") for i in range(1, 41)]
+
+    def send(replace: dict[int, bytes]) -> Any:
+        body = b"".join(replace.get(i, line) for i, line in enumerate(lines, start=1))
+        return upload(http, iter([body])).json()
+
+    across = send({27: canonical_line("n4", "s", "b")})  # line 4 was staged two batches earlier
+    assert (across["line"], across["detail"]) == (27, "duplicate template name 'n4' (first on line 4)")
+    within = send({15: canonical_line("n12", "s", "b")})  # same batch of ten (lines 11-20)
+    assert (within["line"], within["detail"]) == (15, "duplicate template name 'n12' (first on line 12)")
+    # In one batch a duplicate of an earlier batch (line 23) comes before a broken line (26): 23 is named.
+    both = send({23: canonical_line("n2", "s", "b"), 26: b"{broken\n"})
+    assert (both["line"], both["detail"]) == (23, "duplicate template name 'n2' (first on line 2)")
+    assert app.outcomes == {"bad_line": 3}
+    assert app.store.staged_rows() == 0
+
+
 def test_over_the_limit_is_413_and_leaves_nothing_in_staging(start: Start, tmp_path: Path) -> None:
     app, http = start(Limits(max_bytes=1 * MIB, batch_bytes=64 * 1024))
     big = write_config(tmp_path / "big.jsonl", templates=1100, body_chars=1000)  # ~1.5 MiB, every line valid
