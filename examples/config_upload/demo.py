@@ -17,8 +17,8 @@ from examples.config_upload.upload import Limits
 MIB = 1024 * 1024
 LIMITS = Limits(max_bytes=16 * MIB, max_line_bytes=256 * 1024, batch_bytes=256 * 1024)
 # What the upload path may hold at once (module doc of upload.py): one network chunk (<= 256 KiB), one
-# unfinished line and one batch (each <= 256 KiB) with its decoded/parsed/driver copies (~4x), the duplicate-name
-# index: about 3 MiB. 6 MiB leaves room for that and is half the 12 MiB file: buffering the body would not pass.
+# unfinished line (<= 256 KiB) and one batch (<= 256 KiB + one line) with its decoded/parsed/driver copies (~4x):
+# about 2.5 MiB. 6 MiB leaves room for that and is half the 12 MiB file: buffering the body would not pass.
 PEAK_BOUND = 6 * MIB
 
 

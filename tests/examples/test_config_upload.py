@@ -96,9 +96,9 @@ def test_main_holds_its_invariants_on_real_servers(wiring: Wiring) -> None:
 def test_50_mb_upload_streams_with_bounded_memory(start: Start) -> None:
     # The bound: with the default Limits the upload path holds one socket read (<= 256 KiB) plus uvicorn's
     # 64 KiB buffer, one unfinished line (<= 1 MiB), one batch (<= 256 KiB + one line) in ~4 copies (bytes,
-    # parsed str, driver parameters, encoded), the duplicate-name index (~5k names, < 1 MiB) and the client's
-    # 64 KiB chunk: about 8 MiB at worst. 16 MiB is 2x that and under a third of the body, so any
-    # implementation that buffers the body (>= 50 MiB) fails.
+    # parsed str, driver parameters, encoded) and the client's 64 KiB chunk: about 7 MiB at worst (duplicate
+    # names are found by the database, not a set in memory). 16 MiB is over 2x that and under a third of the
+    # body, so any implementation that buffers the body (>= 50 MiB) fails; measured: about 3 MiB.
     app, http = start(Limits())
     client_sha, sent = hashlib.sha256(), {"bytes": 0, "lines": 0}
 
