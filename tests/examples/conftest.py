@@ -33,3 +33,5 @@ def wiring(
     )
     yield w
     broker.close()
+    for key in redis_client.scan_iter(match=f"*{w.namespace}*", count=1000):  # the apps' keys (no hyphen)
+        redis_client.delete(key)
