@@ -1,4 +1,4 @@
-"""The gateway reference app (issue #22): see examples/gateway/README.md."""
+"""The gateway reference app (issue #22): see the gateway section of examples/README.md."""
 
 from examples.gateway.app import main
 
