@@ -1,4 +1,4 @@
-"""Reference app: a request travels UI -> MD -> a batch system; results come back over Kafka (see examples/README.md)."""
+"""Reference app: a request travels UI -> MD -> a batch system; results come back over Kafka (examples/README.md)."""
 
 from examples.scenario_flow.app import main
 
