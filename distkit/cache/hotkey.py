@@ -38,6 +38,7 @@ from typing import Any, TypeVar, cast
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from distkit import _metrics
 from distkit._redis import Runner, Script
 from distkit._redis import key as redis_key
 from distkit.cache.backplane import Backplane
@@ -63,33 +64,20 @@ _live: weakref.WeakSet[HotKeyCache] = weakref.WeakSet()
 
 _MIN_DELTA_MS = 10
 
-_metrics: dict[str, Any] | None = None
-
-
-def _counter(name: str) -> Any:
-    """OpenTelemetry counters ``distkit.cache.<name>`` (no-ops until the application installs an SDK)."""
-    global _metrics
-    if _metrics is None:
-        _metrics = {}
-        try:
-            from opentelemetry import metrics
-
-            meter = metrics.get_meter("distkit.cache")
-            for n, what in (
-                ("fail_safe", "stale values served because a reload failed or timed out"),
-                ("loads", "loader calls"),
-                ("stale", "stale values served while another caller reloads"),
-            ):
-                _metrics[n] = meter.create_counter(f"distkit.cache.{n}", unit="1", description=what)
-        except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
-            pass
-    return _metrics.get(name)
+_COUNTERS = {
+    n: _metrics.counter(f"distkit.cache.{n}", "1", what)
+    for n, what in (
+        ("fail_safe", "stale values served because a reload failed or timed out"),
+        ("loads", "loader calls"),
+        ("stale", "stale values served while another caller reloads"),
+    )
+}
 
 
 def _count(name: str, namespace: str) -> None:
-    c = _counter(name)
-    if c is not None:
-        c.add(1, {"namespace": namespace})
+    """OpenTelemetry counters ``distkit.cache.<name>{namespace}`` (no-ops without a meter provider)."""
+    if _metrics.enabled():
+        _COUNTERS[name].add(1, {"namespace": namespace})
 
 
 class Stats:
