@@ -74,6 +74,28 @@ _COUNTERS = {
 }
 
 
+def _from_stats() -> dict[tuple[str, str], int]:
+    """Per (namespace, result): the Stats of the live caches of this process, read at metric collection."""
+    totals: dict[tuple[str, str], int] = {}
+    for cache in list(_live):
+        st = cache.stats
+        for result, n in (("l1_hit", st.l1_hits), ("l2_hit", st.l2_hits), ("miss", st.misses),
+                          ("early_refresh", st.early_refreshes)):
+            totals[(cache.namespace, result)] = totals.get((cache.namespace, result), 0) + n
+    return totals
+
+
+_REQUESTS = _metrics.observable_counter(
+    "distkit.cache.requests", "1", "get() calls of live caches: l1_hit, l2_hit, miss (no fresh value)",
+    lambda: [(float(n), {"namespace": ns, "result": r}) for (ns, r), n in _from_stats().items()
+             if r != "early_refresh"],
+)
+_EARLY = _metrics.observable_counter(
+    "distkit.cache.early_refreshes", "1", "probabilistic early reloads started by live caches",
+    lambda: [(float(n), {"namespace": ns}) for (ns, r), n in _from_stats().items() if r == "early_refresh"],
+)
+
+
 def _count(name: str, namespace: str) -> None:
     """OpenTelemetry counters ``distkit.cache.<name>{namespace}`` (no-ops without a meter provider)."""
     if _metrics.enabled():
@@ -213,6 +235,8 @@ class HotKeyCache:
         if self._use_backplane and self.local.enabled:
             self._start_backplane()
         _live.add(self)
+        _REQUESTS.bind()  # the observable counters follow a meter provider installed since the last cache
+        _EARLY.bind()
 
     # ------------------------------------------------------------------ lifecycle
 

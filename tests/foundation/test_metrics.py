@@ -145,6 +145,19 @@ def test_idempotent_one_miss_two_hits_and_an_in_progress_conflict(reader: InMemo
     assert value(reader, "distkit.idempotency.in_progress", handler=h) == 1
 
 
+def test_inbox_one_new_message_two_duplicates(reader: InMemoryMetricReader, pg_engine: Any) -> None:
+    from distkit.idempotency import Inbox
+
+    inbox = Inbox(pg_engine, table="m_inbox")
+    fresh: list[bool] = []
+    for _ in range(3):
+        with pg_engine.begin() as conn, inbox.receive(conn, message_id="evt-1", consumer="m-stock") as new:
+            fresh.append(new)
+    assert fresh == [True, False, False]
+    assert value(reader, "distkit.idempotency.misses", handler="m-stock", claim="inbox") == 1
+    assert value(reader, "distkit.idempotency.hits", handler="m-stock", source="inbox") == 2
+
+
 # ------------------------------------------------------------------ messaging
 
 
@@ -362,3 +375,26 @@ def test_ratelimit_and_resilience_record_through_the_helper(reader: InMemoryMetr
             breaker.call(boom)
     assert value(reader, "distkit.resilience.transitions", breaker=name, **{"from": "CLOSED"}, to="OPEN") == 1
     breaker.close()
+
+
+def test_cache_requests_by_result_and_loads(reader: InMemoryMetricReader, redis_client: Any, namespace: str) -> None:
+    from distkit.cache import HotKeyCache
+
+    loads: list[str] = []
+
+    def loader(k: str) -> str:
+        loads.append(k)
+        return k.upper()
+
+    first = HotKeyCache(redis_client, namespace=namespace, loader=loader)
+    second = HotKeyCache(redis_client, namespace=namespace, loader=loader, backplane=False)
+    try:
+        assert [first.get("a"), first.get("a"), second.get("a")] == ["A", "A", "A"]
+        got = {dict(k)["result"]: v for k, v in points(reader, "distkit.cache.requests").items()
+               if ("namespace", namespace) in k}
+    finally:
+        first.close()
+        second.close()
+    assert loads == ["a"]
+    assert got == {"miss": 1, "l1_hit": 1, "l2_hit": 1}
+    assert value(reader, "distkit.cache.loads", namespace=namespace) == 1
