@@ -298,7 +298,10 @@ class TransactionalProcessor:
                     stats.transactions += 1
                     outage_since = None
                     if _metrics.enabled():
-                        self._count_committed(consumer, batch, dead)
+                        try:
+                            self._count_committed(consumer, batch, dead)
+                        except Exception:  # a metric must never fail a committed transaction
+                            log.debug("processor %s: recording metrics failed", self.transactional_id, exc_info=True)
                 except _HandlerFailed as failed:
                     stats.aborted += 1
                     _TXNS.add(1, self._attrs["aborted"])
