@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SERVICES := $(PY) infra/services.py
 PYTEST_ARGS ?=
+BENCH ?=
 
-.PHONY: venv demo test bench lint services-up services-down services-status clean
+.PHONY: venv demo test bench docs lint services-up services-down services-status clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,11 +29,17 @@ test: venv
 	set -a; . .services/env; set +a; \
 	DISTKIT_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# every benchmark (or `make bench BENCH="idgen locks"`), then bench/results/report.md and its PNG plots
 bench: venv
 	@trap '$(SERVICES) stop' EXIT; \
 	$(SERVICES) start redis kafka postgres || exit 1; \
 	set -a; . .services/env; set +a; \
-	$(PY) -m bench
+	MPLBACKEND=Agg $(PY) -m bench $(BENCH)
+
+# the docs site (mkdocs.yml: guides, API reference from docstrings, bench/results/) into site/; --strict: any
+# warning (a broken link, a docstring griffe cannot read) fails the build
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # ruff on every Python tree; mypy --strict on the library and on the examples (code written the way users write it)
 lint: venv

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from bench._table import Row, percentiles, print_table, rate
+from bench._table import Row, percentiles, print_table, rate, record_series
 from distkit.config import Settings
 
 PEERS = ("distkit", "redis-py", "python-redis-lock", "pottery")
@@ -163,7 +163,9 @@ def main() -> None:
     rows = uncontended(client, namespace)
     rows += uncontended_async(url, namespace)
     for impl in PEERS:
-        p50, p99 = percentiles(handoff(impl, url, namespace, HANDOFF_SAMPLES[impl]))
+        latencies = handoff(impl, url, namespace, HANDOFF_SAMPLES[impl])
+        record_series("locks.handoff", impl, latencies)  # the report's latency CDF (bench/results/)
+        p50, p99 = percentiles(latencies)
         rows.append(Row("contended handoff p50", impl, p50, "ms", NOTES[impl]))
         rows.append(Row("contended handoff p99", impl, p99, "ms", f"{HANDOFF_SAMPLES[impl]} samples"))
     for k in client.scan_iter(match=f"*{namespace}*", count=1000):

@@ -10,7 +10,7 @@ import uuid
 from functools import partial
 from typing import Any
 
-from bench._table import Row, best_rates, print_table
+from bench._table import Row, best_rates, print_table, record_series
 from distkit.ratelimit import (
     FixedWindow,
     LeakyBucket,
@@ -64,6 +64,58 @@ def _pyrate(make_bucket: Any) -> Any:
 
     limiter = Limiter(PerKey())
     return lambda k: limiter.try_acquire(k, blocking=False)
+
+
+ACCURACY_RATE, ACCURACY_OFFERED, ACCURACY_S = 100, 500, 3.0
+
+
+def accuracy(r: Any, url: str, ns: str) -> None:
+    """Accuracy over time, for the report's plot: each limiter allows 100/s while a caller offers 500/s,
+    paced evenly for 3 s (one limiter after the other, 21 s in all); the time of every allowed decision goes to
+    ``record_series`` (binned per 100 ms by the report)."""
+    from limits import RateLimitItemPerSecond, storage, strategies
+
+    backend = RedisBackend(r, prefix=f"{ns}-acc")
+    item = RateLimitItemPerSecond(ACCURACY_RATE, 1)
+    lstore = storage.RedisStorage(url)
+    rate_ = Rate(ACCURACY_RATE, per_s=1.0)
+    token = TokenBucket(rate_, burst=ACCURACY_RATE // 10, backend=backend)
+    fixed, log, counter = (cls(rate_, backend=backend) for cls in (FixedWindow, SlidingWindowLog, SlidingWindowCounter))
+    l_fixed, l_moving, l_counter = (
+        cls(lstore)
+        for cls in (
+            strategies.FixedWindowRateLimiter,
+            strategies.MovingWindowRateLimiter,
+            strategies.SlidingWindowCounterRateLimiter,
+        )
+    )
+    limiters: list[tuple[str, Any]] = [  # distkit next to its `limits` counterpart
+        (f"distkit TokenBucket (burst {ACCURACY_RATE // 10})", lambda k: token.acquire(k).allowed),
+        ("distkit FixedWindow", lambda k: fixed.acquire(k).allowed),
+        ("limits FixedWindow", lambda k: l_fixed.hit(item, k)),
+        ("distkit SlidingWindowLog", lambda k: log.acquire(k).allowed),
+        ("limits MovingWindow", lambda k: l_moving.hit(item, k)),
+        ("distkit SlidingWindowCounter", lambda k: counter.acquire(k).allowed),
+        ("limits SlidingWindowCounter", lambda k: l_counter.hit(item, k)),
+    ]
+    interval = 1.0 / ACCURACY_OFFERED
+    for i, (impl, allow) in enumerate(limiters):
+        key = f"{ns}:acc{i}"
+        allowed: list[float] = []
+        t0 = time.perf_counter()
+        for n in range(int(ACCURACY_S * ACCURACY_OFFERED)):
+            delay = t0 + n * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            at = time.perf_counter() - t0
+            if allow(key):
+                allowed.append(at)
+        record_series(
+            "ratelimit.accuracy", impl, allowed, rate_per_s=ACCURACY_RATE, offered_per_s=ACCURACY_OFFERED,
+            duration_s=ACCURACY_S, bucket_s=0.1,
+        )
+        print(f"accuracy {impl}: {len(allowed)} allowed in {ACCURACY_S:g} s at {ACCURACY_RATE}/s", flush=True)
+    backend.close()
 
 
 def main() -> None:
@@ -208,6 +260,7 @@ def main() -> None:
     ):
         secs = million(fn)
         rows.append(Row("memory, 1M distinct keys", name, 1_000_000 / secs, "keys/s", f"{secs:.1f} s; {note}"))
+    accuracy(r, url, ns)
     for k in r.scan_iter(match=f"*{ns}*", count=1000):
         r.delete(k)
     backend.close()

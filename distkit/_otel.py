@@ -10,8 +10,14 @@ from typing import Any
 
 try:
     from opentelemetry import trace
+    from opentelemetry.context import get_current as _current_context
 except ImportError:  # pragma: no cover - opentelemetry-api is a dependency; only a --no-deps install lacks it
     trace = None  # type: ignore[assignment]
+
+try:  # the context key the API stores the current span under (read directly: ~0.14 us instead of ~0.32 us)
+    from opentelemetry.trace.propagation import _SPAN_KEY
+except ImportError:  # pragma: no cover - an API without it: fall back to get_current_span()
+    _SPAN_KEY = None  # type: ignore[assignment]
 
 _INSTRUMENTATION = "distkit"
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
@@ -72,6 +78,9 @@ def needs_propagation() -> bool:
         _has_request_context = has_request_context
     if _has_request_context():
         return True
-    if tracer_for(None) is None:
-        return False
-    return trace.get_current_span().get_span_context().is_valid
+    # The span in the current context, whichever provider made it: an application that passes its own
+    # tracer_provider= (no global SDK) still gets its trace carried across Kafka.
+    if _SPAN_KEY is None:
+        return bool(trace.get_current_span().get_span_context().is_valid)
+    span: Any = _current_context().get(_SPAN_KEY)
+    return span is not None and bool(span.get_span_context().is_valid)

@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from distkit._redis import AsyncRunner
 from distkit.cache.entry import Entry, decode, encode, rand_open, xfetch
@@ -37,6 +37,9 @@ from distkit.cache.hotkey import (
 )
 from distkit.errors import BackendUnavailableError, CacheLoadTimeoutError, InvalidCacheConfigError
 
+if TYPE_CHECKING:
+    from distkit._types import AsyncRedisLike
+
 log = logging.getLogger("distkit.cache")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,7 +49,7 @@ class AsyncHotKeyCache:
     """See :class:`~distkit.cache.HotKeyCache`; every method is awaited. ``locks`` is a
     :class:`distkit.locks.AsyncLocks`."""
 
-    def __init__(self, redis_client: Any, **kwargs: Any) -> None:
+    def __init__(self, redis_client: AsyncRedisLike, **kwargs: Any) -> None:
         backplane = kwargs.pop("backplane", True)
         self._core = HotKeyCache(redis_client, backplane=False, **kwargs)  # validation, L1, pure helpers
         self._use_backplane = backplane

@@ -33,7 +33,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -46,6 +46,10 @@ from distkit.cache.entry import Codec, Entry, JsonCodec, decode, encode, jittere
 from distkit.cache.local import LocalCache
 from distkit.clock import Clock, system_clock
 from distkit.errors import BackendUnavailableError, CacheLoadTimeoutError, InvalidCacheConfigError
+
+if TYPE_CHECKING:
+    from distkit._types import RedisLike
+    from distkit.locks import AsyncLocks, Locks
 
 log = logging.getLogger("distkit.cache")
 
@@ -166,7 +170,7 @@ class HotKeyCache:
 
     def __init__(
         self,
-        redis_client: Any,
+        redis_client: RedisLike,
         *,
         namespace: str = "distkit",
         loader: Loader | None = None,
@@ -178,7 +182,7 @@ class HotKeyCache:
         null_ttl_s: float = 30,
         stale_for_s: float = 600,
         load_timeout_s: tuple[float, float] = (0.1, 5.0),
-        locks: Any = None,
+        locks: Locks | AsyncLocks | None = None,
         codec: Codec | None = None,
         clock: Clock | None = None,
         redis_timeout_s: float = 0.5,
@@ -221,7 +225,7 @@ class HotKeyCache:
         self.client = redis_client
         self.namespace = namespace
         self.loader = loader
-        self.locks = locks
+        self.locks: Any = locks  # Locks (this class) or AsyncLocks (the asyncio twin drives it)
         self.codec: Codec = codec if codec is not None else JsonCodec()
         self.clock: Clock = clock if clock is not None else system_clock
         self.channel = f"distkit:cache:{namespace}"

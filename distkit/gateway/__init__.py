@@ -8,10 +8,16 @@ health checks and an ASGI :class:`Gateway` that wires them (see docs/gateway.md)
 'aabacaa'
 """
 
+from typing import TYPE_CHECKING
+
 from distkit._lazy import lazy_getattr
 from distkit.gateway.balancers import Balancer, LeastRequests, RoundRobin, WeightedRoundRobin
 from distkit.gateway.health import OutlierDetector
 from distkit.gateway.registry import Registration, ServiceInstance, ServiceRegistry, Watch
+
+if TYPE_CHECKING:
+    from distkit.gateway.app import Gateway
+    from distkit.gateway.jwt import Claims, JwksSource, JwtVerifier
 
 __getattr__ = lazy_getattr(__name__, {
     "JwtVerifier": "distkit.gateway.jwt", "JwksSource": "distkit.gateway.jwt", "Claims": "distkit.gateway.jwt",

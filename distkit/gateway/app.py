@@ -13,7 +13,7 @@ import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -25,6 +25,10 @@ from distkit.gateway.jwt import Claims, JwtVerifier
 from distkit.gateway.registry import ServiceInstance, ServiceRegistry, Watch
 from distkit.tracing.propagation import extract_context, inject_headers
 from distkit.tracing.spans import tracer_for
+
+if TYPE_CHECKING:
+    from distkit.ratelimit import MemoryBackend, RedisBackend
+    from distkit.ratelimit.limiter import Limiter
 
 _REQUESTS = _metrics.counter("distkit.gateway.requests", "1", "requests answered, by route service and status")
 _DURATION = _metrics.histogram("distkit.gateway.request.duration", "s", "time to answer a request, by service")
@@ -54,7 +58,7 @@ class Gateway:
         *,
         routes: Mapping[str, str],
         balancer: Balancer | None = None,
-        rate_limiter: Any = None,
+        rate_limiter: Limiter[MemoryBackend] | Limiter[RedisBackend] | None = None,
         outlier: OutlierDetector | None = None,
         timeout_s: float = 10.0,
         retries: int = 1,

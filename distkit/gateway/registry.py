@@ -16,10 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distkit._redis import Runner, Script, key
 from distkit.errors import BackendUnavailableError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from distkit._types import SyncRedisLike
 
 log = logging.getLogger("distkit.gateway")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
@@ -172,7 +175,7 @@ class ServiceRegistry:
     """Instances of services in Redis, under ``namespace``. ``ttl_s``: how long an instance stays listed after
     its last heartbeat (heartbeats every ``ttl_s / 3``)."""
 
-    def __init__(self, redis_client: Any, *, namespace: str = "svc", ttl_s: float = 10.0,
+    def __init__(self, redis_client: SyncRedisLike, *, namespace: str = "svc", ttl_s: float = 10.0,
                  timeout_s: float = 2.0) -> None:
         if not isinstance(ttl_s, int | float) or isinstance(ttl_s, bool) or not ttl_s > 0:
             raise InvalidArgumentError(f"ttl_s must be > 0, got {ttl_s!r}")

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from distkit import _metrics
 from distkit.errors import (
@@ -39,6 +39,9 @@ from distkit.idempotency.record import (
     payload_hash,
     short,
 )
+
+if TYPE_CHECKING:
+    from distkit.idempotency.stores.base import IdempotencyStore
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -150,7 +153,7 @@ class _Guard:
     def __init__(
         self,
         fn: Callable[..., Any],
-        store: Any,
+        store: IdempotencyStore,
         key: KeySpec,
         ttl_s: float,
         in_progress_ttl_s: float,
@@ -411,7 +414,7 @@ class _Guard:
 
 
 def idempotent(
-    store: Any,
+    store: IdempotencyStore,
     *,
     key: KeySpec,
     ttl_s: float = 86_400,

@@ -16,7 +16,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
@@ -26,6 +26,9 @@ from distkit.locks.flows import Context, lease_of
 from distkit.locks.holds import Hold, HoldTable
 from distkit.locks.ops import Call, Command, Flow, Op, Sleep, Subscribe, Unsubscribe, Wait
 from distkit.locks.specs import FREED, PARTIAL, ExclusiveSpec, SharedSpec, Spec
+
+if TYPE_CHECKING:
+    from distkit._types import RedisLike
 
 L = TypeVar("L", bound="LockView")
 S = TypeVar("S", bound="SemaphoreView")
@@ -79,7 +82,7 @@ class LocksBase(Generic[L, S]):
 
     def __init__(
         self,
-        client: Any,
+        client: RedisLike,
         namespace: str = "distkit",
         *,
         lease_ms: int | None = None,

@@ -118,6 +118,12 @@ class SubscriptionBook:
             state = self._acks.popleft()
             state.confirmed.set()
 
+    def subscribe_all(self) -> list[str]:
+        """A fresh connection: every channel is subscribed in one SUBSCRIBE, so confirmations arrive in this
+        order (a channel joined later is appended by :meth:`join` and sent after it)."""
+        self._acks = deque(self.channels.values())
+        return list(self.channels)
+
     def confirm_all(self) -> None:
         """Stop anyone waiting for a confirmation (the connection failed: re-check on the bounded wait)."""
         while self._acks:
@@ -206,7 +212,7 @@ class Hub(_HubBase):
         try:
             with self._lock:
                 confirmed, new = self.book.join(waiter, threading.Event)
-                if new:
+                if new and self._pubsub is not None:  # no connection yet: the listener connects, then subscribes
                     self._send("SUBSCRIBE", channel)
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -229,31 +235,40 @@ class Hub(_HubBase):
         time.sleep(seconds)
 
     def _send(self, *args: str) -> None:
+        """Under the lock, on the connection the listener made (never connects: see :meth:`_connect`)."""
         try:
-            if self._pubsub is None:
-                from redis.backoff import NoBackoff
-                from redis.retry import Retry
-
-                pubsub = self.client.pubsub()
-                pubsub.execute_command(*args)
-                self._adopt(pubsub, Retry(NoBackoff(), 0))
-            elif not self._broken:
+            if self._pubsub is not None and not self._broken:
                 self._pubsub.execute_command(*args)
         except IO_ERRORS as exc:
             self._failed(exc)
 
     def _drop_unused(self) -> None:
         unused = self.book.unused(self.linger_s)
-        if unused and not self._broken:
+        if unused:
             self._send("UNSUBSCRIBE", *unused)
 
-    def _recover(self) -> None:
-        """Under the lock: a new connection with every channel subscribed again."""
-        self._close_pubsub()
-        channels = self.book.reset()
-        self._broken = False
-        if channels:
-            self._send("SUBSCRIBE", *channels)
+    def _connect(self) -> Any:
+        """In the listener, outside the lock: a new pub/sub connection with every channel subscribed. Connecting
+        can take as long as the client's socket timeouts allow (a black-holed server); callers never wait for it
+        past their own deadline (``subscribe`` waits for the confirmation at most until then, then polls)."""
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        with self._lock:
+            channels = self.book.subscribe_all()
+        pubsub = self.client.pubsub()
+        try:
+            pubsub.execute_command("SUBSCRIBE", *channels)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                pubsub.reset()
+            raise
+        with self._lock:
+            self._adopt(pubsub, Retry(NoBackoff(), 0))
+            joined_meanwhile = [ch for ch in self.book.channels if ch not in channels]
+            if joined_meanwhile:
+                self._send("SUBSCRIBE", *joined_meanwhile)
+        return pubsub
 
     def _close_pubsub(self) -> None:
         pubsub = self._detach()
@@ -270,11 +285,15 @@ class Hub(_HubBase):
                     self._close_pubsub()
                     self._thread = None
                     return
-                if self._broken:
-                    self._recover()
+                if self._broken:  # wake everyone (messages may be lost), then connect afresh below
+                    self._close_pubsub()
+                    self.book.reset()
+                    self._broken = False
                 pubsub = self._pubsub
             try:
-                reply = pubsub.parse_response(block=False, timeout=POLL_S) if pubsub is not None else None
+                if pubsub is None:
+                    pubsub = self._connect()
+                reply = pubsub.parse_response(block=False, timeout=POLL_S)
             except (*IO_ERRORS, RuntimeError) as exc:
                 with self._lock:
                     self._failed(exc)
@@ -282,9 +301,7 @@ class Hub(_HubBase):
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
-            if pubsub is None:
-                time.sleep(POLL_S)
-            elif reply is not None:
+            if reply is not None:
                 with self._lock:
                     self.book.dispatch(reply)
                 time.sleep(0)  # hand the GIL to a woken waiter now rather than after our next read
@@ -335,7 +352,7 @@ class AsyncHub(_HubBase):
     async def _join(self, waiter: Waiter) -> Signal:
         async with self._lock:  # book and SUBSCRIBE together, so confirmations match the send order
             confirmed, new = self.book.join(waiter, asyncio.Event)
-            if new:
+            if new and self._pubsub is not None:  # no connection yet: the listener connects, then subscribes
                 await self._send("SUBSCRIBE", waiter.channel)
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
@@ -361,30 +378,38 @@ class AsyncHub(_HubBase):
             await asyncio.wait_for(waiter.signal.wait(), seconds)  # type: ignore[attr-defined]
 
     async def _send(self, *args: str) -> None:
+        """Under the lock, on the connection the listener made (never connects: see :meth:`_connect`)."""
         try:
-            if self._pubsub is None:
-                from redis.asyncio.retry import Retry
-                from redis.backoff import NoBackoff
-
-                pubsub = self.client.pubsub()
-                await pubsub.execute_command(*args)
-                self._adopt(pubsub, Retry(NoBackoff(), 0))
-            elif not self._broken:
+            if self._pubsub is not None and not self._broken:
                 await self._pubsub.execute_command(*args)
         except IO_ERRORS as exc:
             self._failed(exc)
 
     async def _drop_unused(self) -> None:
         unused = self.book.unused(self.linger_s)
-        if unused and not self._broken:
+        if unused:
             await self._send("UNSUBSCRIBE", *unused)
 
-    async def _recover(self) -> None:
-        await self._close_pubsub()
-        channels = self.book.reset()
-        self._broken = False
-        if channels:
-            await self._send("SUBSCRIBE", *channels)
+    async def _connect(self) -> Any:
+        """In the listener task, outside the lock: see :meth:`Hub._connect`."""
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        async with self._lock:
+            channels = self.book.subscribe_all()
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.execute_command("SUBSCRIBE", *channels)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            raise
+        async with self._lock:
+            self._adopt(pubsub, Retry(NoBackoff(), 0))
+            joined_meanwhile = [ch for ch in self.book.channels if ch not in channels]
+            if joined_meanwhile:
+                await self._send("SUBSCRIBE", *joined_meanwhile)
+        return pubsub
 
     async def _close_pubsub(self) -> None:
         pubsub = self._detach()
@@ -401,11 +426,15 @@ class AsyncHub(_HubBase):
                     if self._should_exit():
                         await self._close_pubsub()
                         return
-                    if self._broken:
-                        await self._recover()
+                    if self._broken:  # wake everyone (messages may be lost), then connect afresh below
+                        await self._close_pubsub()
+                        self.book.reset()
+                        self._broken = False
                     pubsub = self._pubsub
                 try:
-                    reply = await pubsub.parse_response(block=False, timeout=POLL_S) if pubsub is not None else None
+                    if pubsub is None:
+                        pubsub = await self._connect()
+                    reply = await pubsub.parse_response(block=False, timeout=POLL_S)
                 except (*IO_ERRORS, RuntimeError) as exc:
                     async with self._lock:
                         self._failed(exc)
@@ -413,9 +442,7 @@ class AsyncHub(_HubBase):
                     backoff = min(backoff * 2, 1.0)
                     continue
                 backoff = 0.05
-                if pubsub is None:
-                    await asyncio.sleep(POLL_S)
-                elif reply is not None:
+                if reply is not None:
                     self.book.dispatch(reply)
         finally:
             if self._task is asyncio.current_task():

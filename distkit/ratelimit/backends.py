@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from distkit.clock import Clock
 from distkit.ratelimit.algorithms import Params, Raw
 
+if TYPE_CHECKING:
+    from distkit._types import AsyncRedisLike, RedisLike, SyncRedisLike
+
 if TYPE_CHECKING:  # redis-py loads with the first Redis backend: MemoryBackend works without the redis extra
     from distkit._redis import Script
     from distkit.ratelimit.limiter import Limiter
@@ -167,7 +170,7 @@ class _RedisBase:
 
     def __init__(
         self,
-        redis_client: Any,
+        redis_client: RedisLike,
         prefix: str = "rl",
         *,
         clock: Clock | None = None,
@@ -246,7 +249,7 @@ class RedisBackend(_RedisBase):
 
     def __init__(
         self,
-        redis_client: Any,
+        redis_client: SyncRedisLike,
         prefix: str = "rl",
         *,
         clock: Clock | None = None,
@@ -332,7 +335,7 @@ class AsyncRedisBackend(_RedisBase):
 
     def __init__(
         self,
-        redis_client: Any,
+        redis_client: AsyncRedisLike,
         prefix: str = "rl",
         *,
         clock: Clock | None = None,

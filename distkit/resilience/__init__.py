@@ -18,6 +18,8 @@ budget, optionally shared across processes through Redis), bulkheads and degrade
 See docs/resilience.md. ``import distkit.resilience`` does not import redis (``RedisBreakerStore`` does).
 """
 
+from typing import TYPE_CHECKING
+
 from distkit._lazy import lazy_getattr
 from distkit.errors import BreakerOpenError, BulkheadFullError, InvalidBreakerConfigError
 from distkit.resilience.breaker import BreakerConfig, State
@@ -47,6 +49,9 @@ __all__ = [
     "degrade",
     "monotonic_clock",
 ]
+
+if TYPE_CHECKING:
+    from distkit.resilience.stores.redis import AsyncRedisBreakerStore, RedisBreakerStore
 
 __getattr__ = lazy_getattr(
     __name__,

@@ -12,6 +12,8 @@ after a crash, with local, SQL (exactly-once) and remote (command/reply over a b
 (True, ['a', '-a'])
 """
 
+from typing import TYPE_CHECKING
+
 from distkit._lazy import lazy_getattr
 from distkit.saga.coordinator import SagaCoordinator, SagaEvent, SagaResult
 from distkit.saga.fence import FenceDecision
@@ -20,6 +22,10 @@ from distkit.saga.log.base import SagaLog, SagaRecord
 from distkit.saga.log.memory import MemorySagaLog
 from distkit.saga.remote import Command, Reply, parse_command, reply_for
 from distkit.saga.saga import RemoteStep, RetryPolicy, Saga, SqlStep, Step, StepContext
+
+if TYPE_CHECKING:
+    from distkit.saga.fence import SqlFence
+    from distkit.saga.log.sql import SqlSagaLog
 
 __getattr__ = lazy_getattr(__name__, {"SqlSagaLog": "distkit.saga.log.sql", "SqlFence": "distkit.saga.fence"})
 

@@ -9,6 +9,7 @@ out is taken over by :meth:`SagaCoordinator.resume_pending`. Decisions come from
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
@@ -42,6 +43,9 @@ from distkit.saga.log.base import SagaLog, SagaRecord, dumps
 from distkit.saga.remote import RemoteChannel, Reply
 from distkit.saga.saga import AnyStep, RemoteStep, Saga, SqlStep, StepContext
 from distkit.tracing.spans import tracer_for
+
+if TYPE_CHECKING:
+    from distkit.messaging.broker import Broker
 
 log = logging.getLogger("distkit.saga")
 
@@ -120,7 +124,7 @@ class SagaCoordinator:
     def __init__(
         self,
         log: SagaLog,
-        broker: Any = None,
+        broker: Broker | None = None,
         *,
         sagas: Sequence[Saga] = (),
         owner: str | None = None,
@@ -212,7 +216,8 @@ class SagaCoordinator:
     def start(self, saga: Saga, saga_id: str, payload: Mapping[str, Any] | None = None) -> Future[SagaResult]:
         """Run in the background; the future gives the :class:`SagaResult`."""
         self.register(saga)
-        return self._executor.submit(self.run, saga, saga_id, payload)
+        context = contextvars.copy_context()  # the caller's trace and request context go with the saga
+        return self._executor.submit(context.run, self.run, saga, saga_id, payload)
 
     def status(self, saga_id: str) -> SagaStatus | None:
         rec = self.log.get(saga_id)
@@ -285,6 +290,7 @@ class SagaCoordinator:
 
     def _remote_channel(self) -> RemoteChannel:
         if self._remote is None:
+            assert self.broker is not None  # checked when a saga with a RemoteStep is registered or run
             self._remote = RemoteChannel(self.broker, self.log, self.owner, self._reply_group, self._late_reply)
         return self._remote
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from distkit.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
+    from distkit.messaging.broker import Broker
     from distkit.saga.log.base import SagaLog
     from distkit.saga.saga import RemoteStep, Saga, StepContext
 
@@ -86,7 +87,7 @@ def _parse_reply(value: Any) -> Reply | None:
 class RemoteChannel:
     """One coordinator's command producer and reply listener (a consumer in ``group`` on every reply topic)."""
 
-    def __init__(self, broker: Any, saga_log: SagaLog, owner: str, group: str,
+    def __init__(self, broker: Broker, saga_log: SagaLog, owner: str, group: str,
                  on_late_reply: Callable[[Reply], None]) -> None:
         self._broker = broker
         self._log = saga_log

@@ -5,8 +5,14 @@
 * :class:`TokenPoolStock` — (c) one token per unit in a Redis SET, ``SPOP`` per buyer, then the broker.
 """
 
+from typing import TYPE_CHECKING
+
 from distkit._lazy import lazy_getattr
 from distkit.stock.protocol import Stock
+
+if TYPE_CHECKING:
+    from distkit.stock.db import LockedDbStock, SqlStockTable
+    from distkit.stock.redis import RedisStock, TokenPoolStock
 
 __getattr__ = lazy_getattr(__name__, {
     "RedisStock": "distkit.stock.redis", "TokenPoolStock": "distkit.stock.redis",

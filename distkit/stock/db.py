@@ -4,7 +4,7 @@ their deduction events asynchronously). Both use the same two tables, so the dat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, and_, select
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from distkit._sql import create_table
 from distkit.errors import InvalidArgumentError, StockNotLoadedError
 from distkit.stock.protocol import check, count_deduction, count_restore
+
+if TYPE_CHECKING:
+    from distkit.locks import Locks
 
 
 class SqlStockTable:
@@ -100,7 +103,7 @@ class LockedDbStock:
     ``UPDATE ... WHERE qty >= :qty``. Every buyer of one SKU queues on one lock, so pair it with a QPS limit; a
     repeat of an order, or a SKU already sold out, is answered from the database without queueing."""
 
-    def __init__(self, engine: Engine, locks: Any, *, table: str = "distkit_stock", lock_timeout_s: float = 10.0
+    def __init__(self, engine: Engine, locks: Locks, *, table: str = "distkit_stock", lock_timeout_s: float = 10.0
                  ) -> None:
         self.table = SqlStockTable(engine, table)
         self.locks = locks

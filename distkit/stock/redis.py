@@ -11,11 +11,14 @@ between the deduction and the relay loses nothing: the event waits in the stream
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distkit._redis import Runner, Script, key
 from distkit.errors import InvalidArgumentError, StockNotLoadedError
 from distkit.stock.protocol import check, count_deduction, count_restore
+
+if TYPE_CHECKING:
+    from distkit._types import SyncRedisLike
 
 _DEDUCT = Script("stock", "deduct")
 _RESTORE = Script("stock", "restore")
@@ -36,9 +39,9 @@ def _text(v: Any) -> str:
 
 
 class _RedisStockBase:
-    def __init__(self, redis_client: Any, *, namespace: str = "stock", ttl_s: float = 7 * 86400,
+    def __init__(self, redis_client: SyncRedisLike, *, namespace: str = "stock", ttl_s: float = 7 * 86400,
                  timeout_s: float = 2.0) -> None:
-        self.client = redis_client
+        self.client: Any = redis_client  # typed by the signature; the stream commands below are redis-py's
         self.namespace = namespace
         self.ttl_ms = int(ttl_s * 1000)
         self._run = Runner(redis_client, timeout_s=timeout_s)

@@ -73,3 +73,57 @@ def test_make_lint_covers_examples_and_ci_runs_lint_then_test():
     assert "mypy --strict distkit examples" in lint
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci == ["set -euo pipefail", "make lint", "make test"]
+
+
+PUBLIC_SIGNATURES = '''
+import redis
+import redis.asyncio as aredis
+from sqlalchemy import create_engine
+
+from distkit.cache import HotKeyCache
+from distkit.gateway import ServiceRegistry
+from distkit.idempotency import RedisIdempotencyStore, idempotent
+from distkit.idgen import RedisWorkerLease
+from distkit.locks import AsyncLocks, Locks
+from distkit.messaging import InMemoryBroker
+from distkit.ratelimit import AsyncRedisBackend, RedisBackend
+from distkit.resilience import AsyncRedisBreakerStore, RedisBreakerStore
+from distkit.saga import MemorySagaLog, SagaCoordinator
+from distkit.stock import LockedDbStock, RedisStock
+
+RedisBackend(redis.Redis())
+AsyncRedisBackend(aredis.Redis())
+RedisBreakerStore(redis.Redis())
+AsyncRedisBreakerStore(aredis.Redis())
+ServiceRegistry(redis.Redis())
+RedisWorkerLease(redis.Redis(), "ns")
+RedisStock(redis.Redis())
+LockedDbStock(create_engine("sqlite://"), Locks(redis.Redis()))
+HotKeyCache(redis.Redis(), locks=AsyncLocks(aredis.Redis()))
+idempotent(RedisIdempotencyStore(aredis.Redis()), key="id")
+SagaCoordinator(MemorySagaLog(), broker=InMemoryBroker())
+RedisBackend(aredis.Redis())  # line 28: each line below passes the wrong kind of object
+AsyncRedisBackend(redis.Redis())
+RedisBreakerStore(aredis.Redis())
+ServiceRegistry(aredis.Redis())
+RedisWorkerLease(aredis.Redis(), "ns")
+RedisStock(aredis.Redis())
+LockedDbStock(create_engine("sqlite://"), object())
+HotKeyCache(redis.Redis(), locks=object())
+idempotent(object(), key="id")
+SagaCoordinator(MemorySagaLog(), broker=object())  # line 37
+'''
+
+
+@pytest.mark.slow
+def test_public_signatures_take_protocols_not_any(tmp_path):
+    """Issue 16 §5: a user's mypy --strict catches the wrong client kind or a non-store at each entry point
+    (these took ``Any`` before, and the lazily exported names were ``Any`` to type checkers)."""
+    from mypy import api
+
+    path = tmp_path / "usage.py"
+    path.write_text(PUBLIC_SIGNATURES)
+    out, err, status = api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy"), str(path)])
+    errors = sorted({int(m.group(1)) for m in re.finditer(r"usage\.py:(\d+): error:", out)})
+    assert errors == list(range(28, 38)), out + err
+    assert status == 1

@@ -185,3 +185,48 @@ async def test_async_acquire_with_timeout_is_bounded_during_an_outage(
         assert isinstance(outcome, BackendUnavailableError) or outcome is False
     blackhole.close()
     await alocks.aclose()
+
+
+def test_a_waiter_never_waits_for_the_pubsub_connect_past_its_deadline() -> None:
+    """Issue 13: the first SUBSCRIBE of a new pub/sub connection used to connect on the caller's thread, under
+    the hub's lock, with the client's own retries and no socket timeout: against a server that accepts and never
+    answers, the caller (and every other waiter behind the lock) blocked for good. The listener connects now;
+    the caller waits for its confirmation only until its deadline, then re-checks by polling."""
+    from distkit.locks.waiters import Hub
+    from tests.faults import BlackHole
+
+    hole = BlackHole()
+    client = redis.Redis.from_url(hole.url)  # default client: retries with backoff, no socket timeout
+    hub = Hub(client, "test-hub-blackhole", linger_s=0.1)
+    try:
+        for _ in range(2):  # the second caller must not queue behind the first one's connect either
+            took, waiter = timed(lambda: hub.subscribe("ch", "holder", deadline=time.monotonic() + 0.5), 0.5)
+            assert took <= 0.5 + SLACK_S
+            assert not isinstance(waiter, BaseException), waiter
+            hub.unsubscribe(waiter)
+        assert hole.accepted  # the listener did try to connect
+    finally:
+        hub.close()
+        hole.close()
+        client.close()
+
+
+async def test_an_async_waiter_never_waits_for_the_pubsub_connect_past_its_deadline() -> None:
+    from distkit.locks.waiters import AsyncHub
+    from tests.faults import BlackHole
+
+    hole = BlackHole()
+    client = aredis.Redis.from_url(hole.url)
+    hub = AsyncHub(client, "test-ahub-blackhole", linger_s=0.1)
+    try:
+        for _ in range(2):
+            t0 = time.monotonic()
+            waiter = await asyncio.wait_for(hub.subscribe("ch", "holder", deadline=time.monotonic() + 0.5), 5)
+            assert time.monotonic() - t0 <= 0.5 + SLACK_S
+            await hub.unsubscribe(waiter)
+    finally:
+        task = hub.task
+        if task is not None:
+            task.cancel()
+        hole.close()
+        await client.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_mod
 
@@ -12,6 +12,9 @@ from distkit._redis import Script, key
 from distkit._redis.direct import AsyncRunner, Runner
 from distkit.errors import BackendUnavailableError, IdempotencyStoreError
 from distkit.idempotency.record import BeginResult, Outcome
+
+if TYPE_CHECKING:
+    from distkit._types import RedisLike
 
 _BEGIN = Script("idempotency", "begin")
 _COMPLETE = Script("idempotency", "complete")
@@ -92,7 +95,9 @@ class RedisIdempotencyStore:
 
     max_key_length: int | None = None
 
-    def __init__(self, redis_client: Any, prefix: str = "idem", *, direct: bool = True, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, redis_client: RedisLike, prefix: str = "idem", *, direct: bool = True, timeout_s: float = 5.0
+    ) -> None:
         self.redis = redis_client
         self.prefix = prefix
         self.timeout_s = timeout_s

@@ -8,10 +8,13 @@ Cluster behave the same; clients with ``decode_responses=True`` work too.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING
 
 from distkit._redis import Runner, Script, key
 from distkit.idgen.lease.base import OnLost, WorkerLease
+
+if TYPE_CHECKING:
+    from distkit._types import SyncRedisLike
 
 _ACQUIRE = Script("idgen", "lease_acquire")
 _RENEW = Script("idgen", "lease_renew")
@@ -30,7 +33,7 @@ class RedisWorkerLease(WorkerLease):
 
     def __init__(
         self,
-        redis_client: Any,
+        redis_client: SyncRedisLike,
         namespace: str,
         max_worker_id: int | None = None,
         ttl_s: float = 30.0,

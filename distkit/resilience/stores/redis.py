@@ -14,12 +14,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distkit.clock import Clock
 from distkit.errors import InvalidBreakerConfigError
 from distkit.resilience.breaker import CODE_STATE, BreakerConfig
 from distkit.resilience.stores.base import AsyncFlusher, Flusher, View
+
+if TYPE_CHECKING:
+    from distkit._types import AsyncRedisLike, SyncRedisLike
 
 
 def _packed(cache: dict[BreakerConfig, str], cfg: BreakerConfig) -> str:
@@ -48,7 +51,7 @@ class RedisBreakerStore:
 
     def __init__(
         self,
-        redis_client: Any,
+        redis_client: SyncRedisLike,
         prefix: str = "breaker",
         *,
         flush_s: float | None = 0.1,
@@ -141,7 +144,7 @@ class AsyncRedisBreakerStore:
 
     def __init__(
         self,
-        redis_client: Any,
+        redis_client: AsyncRedisLike,
         prefix: str = "breaker",
         *,
         flush_s: float | None = 0.1,

@@ -1,0 +1,178 @@
+"""The scenario flow against real Redis, Kafka and PostgreSQL, mailing a real SMTP server (aiosmtpd on loopback).
+
+Mails are counted where the user would receive them: per request, exactly one UI mail, one MD mail and one
+"all ready" mail, however often the result event is delivered and however the two consumers race.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from email import message_from_bytes
+from typing import Any
+
+import pytest
+
+from distkit.messaging import Message
+from examples._wiring import Wiring
+from examples.scenario_flow import main
+from examples.scenario_flow.flow import ScenarioFlow
+from examples.scenario_flow.mail import SmtpMailer
+
+
+class MailDrop:
+    """aiosmtpd handler: keeps every delivered mail's (recipient, subject)."""
+
+    def __init__(self) -> None:
+        self.mails: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd's hook name
+        msg = message_from_bytes(envelope.content)
+        with self.lock:
+            self.mails.extend((rcpt, str(msg["Subject"])) for rcpt in envelope.rcpt_tos)
+        return "250 OK"
+
+    def kinds(self, request_id: str) -> Counter[str]:
+        """Mails received about ``request_id``, by kind (ui, md, all-ready, failed)."""
+        out: Counter[str] = Counter()
+        with self.lock:
+            for _, subject in self.mails:
+                if subject.startswith(f"[{request_id}] "):
+                    text = subject.split("] ", 1)[1]
+                    out["ui" if text.startswith("UI:") else "md" if text.startswith("MD:")
+                        else "all-ready" if "all systems" in text else "failed"] += 1
+        return out
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[MailDrop, SmtpMailer]]:
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    drop = MailDrop()
+    controller = Controller(drop, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield drop, SmtpMailer("127.0.0.1", port)
+    controller.stop()
+
+
+def test_app_invariants_hold_and_each_mail_arrives_once(wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]) -> None:
+    drop, mailer = smtp
+    story = main(wiring, mailer=mailer, threshold_s=2.0, redeliveries=3)  # the same event 4 times in all
+
+    assert story.checks and all(story.checks.values()), story.checks
+    ids: Any = story.facts["request_ids"]
+    ok_id, late_id = ids["completed"], ids["timed_out"]
+    assert drop.kinds(ok_id) == {"ui": 1, "md": 1, "all-ready": 1}
+    assert drop.kinds(late_id) == {"failed": 1}
+    assert len(drop.mails) == 4 and {to for to, _ in drop.mails} == {"ada@example.com"}
+    assert story.facts["deliveries"] == {"ui": 4, "md": 4}  # delivered 4 times...
+    assert story.facts["updates"] == {"ui": 1, "md": 1}  # ...applied once
+    assert story.facts["statuses"] == {ok_id: ["DONE", "DONE"], late_id: ["FAILED", "CANCELLED"]}
+    assert story.facts["compensations"] == {"ui_init": 1, "md_init": 1, "abinitio": 1}
+    assert story.facts["jobs_cancelled"] == 1
+    traces: Any = story.facts["trace_ids"]
+    assert traces["ui"] == traces["md"] == [traces["ui_request"]] and int(traces["ui_request"], 16) != 0
+
+
+def _result_event(request_id: str) -> Message:
+    return Message(topic="results", value={"request_id": request_id, "status": "OK", "result": f"r-{request_id}"},
+                   headers={"event-id": f"{request_id}:result"})
+
+
+def test_racing_consumers_send_exactly_one_all_ready_mail(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]
+) -> None:
+    """16 threads deliver the final result to both systems at the same instant, 5 requests in a row."""
+    drop, mailer = smtp
+    flow = ScenarioFlow(wiring, mailer)  # handlers called directly: no consumer groups needed
+    try:
+        ui, md = flow.handler(flow.ui), flow.handler(flow.md)
+        request_ids = [f"race-{i}" for i in range(5)]
+        for rid in request_ids:
+            with wiring.engine.begin() as conn:
+                flow.ui.create(conn, rid, "grace@example.com")
+                flow.md.create(conn, rid, "grace@example.com")
+            barrier = threading.Barrier(16)
+            errors: list[BaseException] = []
+
+            def deliver(handle: Any, rid: str = rid, barrier: threading.Barrier = barrier) -> None:
+                try:
+                    barrier.wait(10)
+                    handle(_result_event(rid))
+                except BaseException as exc:  # surfaced below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=deliver, args=(ui if i % 2 else md,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert errors == []
+            assert flow.deliveries[("ui", rid)] == flow.deliveries[("md", rid)] == 8
+            assert flow.updates[("ui", rid)] == flow.updates[("md", rid)] == 1
+            assert drop.kinds(rid) == {"ui": 1, "md": 1, "all-ready": 1}, drop.kinds(rid)
+        assert len(drop.mails) == 3 * len(request_ids)
+    finally:
+        flow.close()
+
+
+def test_result_after_the_timeout_changes_nothing(wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]) -> None:
+    """The compensation won: a result event arriving afterwards neither revives the records nor mails."""
+    drop, mailer = smtp
+    flow = ScenarioFlow(wiring, mailer)
+    try:
+        with wiring.engine.begin() as conn:
+            flow.ui.create(conn, "late-1", "lin@example.com")
+            flow.md.create(conn, "late-1", "lin@example.com")
+            assert flow.ui.cancel(conn, "late-1", "FAILED") == 1
+            assert flow.md.cancel(conn, "late-1", "CANCELLED") == 1
+        flow.handler(flow.ui)(_result_event("late-1"))
+        flow.handler(flow.md)(_result_event("late-1"))
+        assert [(flow.ui.get("late-1") or {}).get("status"), (flow.md.get("late-1") or {}).get("status")] == [
+            "FAILED", "CANCELLED"]
+        assert flow.updates == Counter() and drop.mails == []
+    finally:
+        flow.close()
+
+
+class FlakyMailer:
+    """The SMTP mailer, except that the first "UI ready" mail fails (the mail server hung up)."""
+
+    def __init__(self, inner: SmtpMailer) -> None:
+        self.inner, self.failures = inner, 0
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        if "UI:" in subject and self.failures == 0:
+            self.failures += 1
+            raise smtplib.SMTPServerDisconnected("connection unexpectedly closed")
+        self.inner.send(to, subject, body)
+
+
+def test_mail_failure_after_the_update_is_retried_by_redelivery(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]
+) -> None:
+    """The UI handler committed its update, then the mail failed: the event is re-read from Kafka, the update is
+    not repeated (inbox), and the mail is sent then, once."""
+    drop, mailer = smtp
+    flaky = FlakyMailer(mailer)
+    flow = ScenarioFlow(wiring, flaky, threshold_s=5.0)
+    try:
+        flow.start()
+        assert flow.submit("flaky-1", "kim@example.com", runtime_s=0.05).ok
+        deadline = time.monotonic() + 15
+        while drop.kinds("flaky-1")["all-ready"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert flaky.failures == 1
+        assert drop.kinds("flaky-1") == {"ui": 1, "md": 1, "all-ready": 1}
+        assert flow.deliveries[("ui", "flaky-1")] == 2 and flow.updates[("ui", "flaky-1")] == 1
+        assert flow.deliveries[("md", "flaky-1")] == 1 and flow.updates[("md", "flaky-1")] == 1
+    finally:
+        flow.close()
