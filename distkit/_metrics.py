@@ -19,6 +19,7 @@ services, outcomes -- never keys, user ids or tokens.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,8 @@ except ImportError:  # pragma: no cover
     _internal = None  # type: ignore[assignment]
     _api = None  # type: ignore[assignment]
     _NoOp = ()  # type: ignore[assignment,misc]
+
+log = logging.getLogger("distkit.metrics")
 
 Attributes = Mapping[str, str | bool | int | float]
 
@@ -97,7 +100,11 @@ class Instrument:
             return self._real
         with _registry_lock:
             if p is not self._made:
-                self._real = self._create(p)
+                try:
+                    self._real = self._create(p)
+                except Exception:  # a provider that refuses the instrument must not break the call recording it
+                    log.warning("distkit: could not create metric %s", self.name, exc_info=True)
+                    self._real = None
                 self._made = p
         return self._real
 
