@@ -1,5 +1,8 @@
 """Run the reference apps: ``python -m examples`` (all, in order) or ``python -m examples flash_sale``.
 
+``--metrics-port N`` (or ``DISTKIT_METRICS_PORT=N``) serves distkit's metrics for Prometheus on
+``http://127.0.0.1:N/metrics`` while the apps run (see ``examples/_metrics.py`` and ``docs/metrics.md``).
+
 Each app is a package ``examples/<name>/`` whose ``main()`` builds a :class:`~examples._wiring.Wiring` from the
 environment (embedded stand-ins when no ``DISTKIT_*`` URL is set), prints its narrative and raises
 :class:`~examples._story.InvariantFailed` if one of its invariants does not hold. The exit code is 1 if any
@@ -17,6 +20,17 @@ APPS = ("scenario_flow", "order_flow", "flash_sale", "gateway", "hot_config_cach
 
 
 def main(argv: list[str]) -> int:
+    from examples import _metrics
+
+    port, argv = _metrics.port_from(argv)
+    if port is None:
+        return _run(argv)
+    with _metrics.serve(port) as endpoint:
+        print(f"distkit metrics for Prometheus at {endpoint.url}", flush=True)
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     chosen = [a for a in argv if a] or list(APPS)
     unknown = [a for a in chosen if a not in APPS]
     if unknown:

@@ -16,16 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from distkit import _metrics
 
 try:  # optional: distkit[otel]
-    import opentelemetry.metrics._internal as _otel_metrics_internal
     import opentelemetry.trace as _otel_trace
-    from opentelemetry import metrics as _otel_metrics
 except ImportError:  # pragma: no cover - exercised in the no-extras install test
     _otel_trace = None  # type: ignore[assignment]
-    _otel_metrics = None  # type: ignore[assignment]
-    _otel_metrics_internal = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -60,23 +57,10 @@ def enabled() -> bool:
         return True
     if _otel_trace is None:
         return False
-    return getattr(_otel_trace, "_TRACER_PROVIDER", None) is not None or (
-        getattr(_otel_metrics_internal, "_METER_PROVIDER", None) is not None
-    )
+    return getattr(_otel_trace, "_TRACER_PROVIDER", None) is not None or _metrics.enabled()
 
 
-_instruments: dict[str, Any] = {}
-
-
-def _histogram() -> Any:
-    h = _instruments.get("h")
-    if h is None:
-        meter = _otel_metrics.get_meter("distkit.redis")
-        h = meter.create_histogram(
-            "distkit.redis.call.duration", unit="s", description="Duration of one distkit Redis call"
-        )
-        _instruments["h"] = h
-    return h
+_DURATION = _metrics.histogram("distkit.redis.call.duration", "s", "Duration of one distkit Redis call")
 
 
 def outcome_of(exc: BaseException | None) -> str:
@@ -116,9 +100,9 @@ def record(operation: str, start_ns: int, attempts: int, exc: BaseException | No
             span.end(end_time=end_ns)
         except Exception:
             pass
-    if _otel_metrics is not None and getattr(_otel_metrics_internal, "_METER_PROVIDER", None) is not None:
+    if _metrics.enabled():
         try:
-            _histogram().record(duration, {"db.operation.name": operation, "distkit.redis.outcome": outcome})
+            _DURATION.record(duration, {"db.operation.name": operation, "distkit.redis.outcome": outcome})
         except Exception:
             pass
     if _LISTENERS:

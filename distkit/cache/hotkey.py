@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from distkit import _metrics
 from distkit._redis import Runner, Script
 from distkit._redis import key as redis_key
 from distkit.cache.backplane import Backplane
@@ -67,33 +68,42 @@ _live: weakref.WeakSet[HotKeyCache] = weakref.WeakSet()
 
 _MIN_DELTA_MS = 10
 
-_metrics: dict[str, Any] | None = None
+_COUNTERS = {
+    n: _metrics.counter(f"distkit.cache.{n}", "1", what)
+    for n, what in (
+        ("fail_safe", "stale values served because a reload failed or timed out"),
+        ("loads", "loader calls"),
+        ("stale", "stale values served while another caller reloads"),
+    )
+}
 
 
-def _counter(name: str) -> Any:
-    """OpenTelemetry counters ``distkit.cache.<name>`` (no-ops until the application installs an SDK)."""
-    global _metrics
-    if _metrics is None:
-        _metrics = {}
-        try:
-            from opentelemetry import metrics
+def _from_stats() -> dict[tuple[str, str], int]:
+    """Per (namespace, result): the Stats of the live caches of this process, read at metric collection."""
+    totals: dict[tuple[str, str], int] = {}
+    for cache in list(_live):
+        st = cache.stats
+        for result, n in (("l1_hit", st.l1_hits), ("l2_hit", st.l2_hits), ("miss", st.misses),
+                          ("early_refresh", st.early_refreshes)):
+            totals[(cache.namespace, result)] = totals.get((cache.namespace, result), 0) + n
+    return totals
 
-            meter = metrics.get_meter("distkit.cache")
-            for n, what in (
-                ("fail_safe", "stale values served because a reload failed or timed out"),
-                ("loads", "loader calls"),
-                ("stale", "stale values served while another caller reloads"),
-            ):
-                _metrics[n] = meter.create_counter(f"distkit.cache.{n}", unit="1", description=what)
-        except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
-            pass
-    return _metrics.get(name)
+
+_REQUESTS = _metrics.observable_counter(
+    "distkit.cache.requests", "1", "get() calls of live caches: l1_hit, l2_hit, miss (no fresh value)",
+    lambda: [(float(n), {"namespace": ns, "result": r}) for (ns, r), n in _from_stats().items()
+             if r != "early_refresh"],
+)
+_EARLY = _metrics.observable_counter(
+    "distkit.cache.early_refreshes", "1", "probabilistic early reloads started by live caches",
+    lambda: [(float(n), {"namespace": ns}) for (ns, r), n in _from_stats().items() if r == "early_refresh"],
+)
 
 
 def _count(name: str, namespace: str) -> None:
-    c = _counter(name)
-    if c is not None:
-        c.add(1, {"namespace": namespace})
+    """OpenTelemetry counters ``distkit.cache.<name>{namespace}`` (no-ops without a meter provider)."""
+    if _metrics.enabled():
+        _COUNTERS[name].add(1, {"namespace": namespace})
 
 
 class Stats:
@@ -229,6 +239,8 @@ class HotKeyCache:
         if self._use_backplane and self.local.enabled:
             self._start_backplane()
         _live.add(self)
+        _REQUESTS.bind()  # the observable counters follow a meter provider installed since the last cache
+        _EARLY.bind()
 
     # ------------------------------------------------------------------ lifecycle
 

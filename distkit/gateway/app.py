@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from distkit import _metrics
 from distkit.errors import InvalidArgumentError, InvalidTokenError, NoInstanceError
 from distkit.gateway.balancers import Balancer, RoundRobin
 from distkit.gateway.health import OutlierDetector
@@ -27,6 +29,11 @@ from distkit.tracing.spans import tracer_for
 if TYPE_CHECKING:
     from distkit.ratelimit import AsyncRedisBackend, MemoryBackend, RedisBackend
     from distkit.ratelimit.limiter import Limiter
+
+_REQUESTS = _metrics.counter("distkit.gateway.requests", "1", "requests answered, by route service and status")
+_DURATION = _metrics.histogram("distkit.gateway.request.duration", "s", "time to answer a request, by service")
+_UPSTREAM_ERRORS = _metrics.counter("distkit.gateway.upstream.errors", "1",
+                                    "backend instances that refused the connection or timed out")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -100,7 +107,12 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
+        start = time.perf_counter()
         status, headers, body = await self._handle(scope, receive)
+        if _metrics.enabled():
+            service = self._route(scope["path"]) or "none"  # the route's service, not the path: bounded
+            _REQUESTS.add(1, {"service": service, "status": status})
+            _DURATION.record(time.perf_counter() - start, {"service": service})
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
         await send({"type": "http.response.body", "body": body})
@@ -183,9 +195,11 @@ class Gateway:
                 # refused, or reset before the answer (a backend dying with our keep-alive connection open):
                 # idempotent methods try another instance, others end in 502 (never a 500 from the gateway)
                 self.outlier.record(inst, False, live)
+                _UPSTREAM_ERRORS.add(1, {"service": service, "error": "connect"})
                 continue
             except httpx.TimeoutException:
                 self.outlier.record(inst, False, live)
+                _UPSTREAM_ERRORS.add(1, {"service": service, "error": "timeout"})
                 return _json(504, {"error": "backend timeout", "service": service})
             self.outlier.record(inst, resp.status_code < 500, live)
             out = [(k.lower(), v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP]

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
+from distkit import _metrics
 from distkit.errors import (
     BackendUnavailableError,
     CodecError,
@@ -53,6 +54,13 @@ try:  # an outage as the client reports it, until every store path raises Backen
     _CLIENT_OUTAGES: tuple[type[BaseException], ...] = (_redis.ConnectionError, _redis.TimeoutError, OSError)
 except ImportError:  # pragma: no cover - distkit without the redis extra
     _CLIENT_OUTAGES = (OSError,)
+
+
+_HITS = _metrics.counter("distkit.idempotency.hits", "1", "duplicates answered with the stored result (replays)")
+_MISSES = _metrics.counter("distkit.idempotency.misses", "1", "first runs: the handler ran under a new claim")
+_IN_PROGRESS = _metrics.counter(
+    "distkit.idempotency.in_progress", "1", "duplicates refused (IdempotencyInProgressError) while the first ran"
+)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -181,6 +189,14 @@ class _Guard:
         self.response_hook = response_hook
         self.check_key: Callable[[str], None] | None = getattr(store, "check_key", None)
         self.requires_utf8 = bool(getattr(store, "requires_utf8", False))
+        h = f"{fn.__module__}.{fn.__qualname__}"  # the handler (code), never the key: bounded cardinality
+        self.attrs: dict[str, dict[str, str]] = {
+            "handler": {"handler": h},
+            "local": {"handler": h, "source": "local_cache"},
+            "store": {"handler": h, "source": "store"},
+            "claimed": {"handler": h, "claim": "new"},
+            "reclaimed": {"handler": h, "claim": "reclaimed"},
+        }
 
     # ------------------------------------------------------------------ before the store
 
@@ -201,6 +217,7 @@ class _Guard:
             return False, None
         check_payload(key, rec.payload_hash, digest)
         stored = StoredOutcome.from_envelope(self.codec.decode(rec.result))
+        _HITS.add(1, self.attrs["local"])
         return True, self.replay(key, stored, rec)
 
     # ------------------------------------------------------------------ the store's answer
@@ -214,15 +231,18 @@ class _Guard:
                     "idempotency key %s: reclaimed a stale in-progress record (previous owner presumed dead)",
                     short(key),
                 )
+            _MISSES.add(1, self.attrs["reclaimed" if res.outcome is Outcome.RECLAIMED else "claimed"])
             return _Step.RUN, None
         if res.outcome is Outcome.COMPLETED:
             assert res.result is not None
             stored = StoredOutcome.from_envelope(self.codec.decode(res.result))
             if self.cache is not None:
                 self.cache.put(key, res.payload_hash, res.result, res.ttl_left_ms)
+            _HITS.add(1, self.attrs["store"])
             return _Step.RETURN, (stored, res)
         if time.monotonic() < deadline:
             return _Step.WAIT, None
+        _IN_PROGRESS.add(1, self.attrs["handler"])
         raise in_progress_error(key, res, self.in_progress_ttl_ms)
 
     def replay(self, key: str, stored: StoredOutcome, source: BeginResult | CachedRecord) -> Any:

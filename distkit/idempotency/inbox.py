@@ -28,8 +28,13 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, insert
 from sqlalchemy.exc import IntegrityError
 
+from distkit import _metrics
 from distkit._sql import create_table
 from distkit.errors import InvalidArgumentError
+
+# the decorator's counters (declaring a name twice returns the first): an inbox duplicate is a hit, a new one a miss
+_HITS = _metrics.counter("distkit.idempotency.hits", "1", "duplicates answered with the stored result (replays)")
+_MISSES = _metrics.counter("distkit.idempotency.misses", "1", "first runs: the handler ran under a new claim")
 
 
 def inbox_table(name: str) -> Table:
@@ -81,4 +86,8 @@ class Inbox:
             fresh = True
         except IntegrityError:
             fresh = False
+        if fresh:
+            _MISSES.add(1, {"handler": consumer, "claim": "inbox"})
+        else:
+            _HITS.add(1, {"handler": consumer, "source": "inbox"})
         yield fresh

@@ -27,6 +27,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from distkit import _metrics
 from distkit.clock import Clock, sleeper_for
 from distkit.errors import (
     ChildWorkerLeaseError,
@@ -51,6 +52,23 @@ _time_ns = time.time_ns
 G = TypeVar("G", bound="IdGenerator")
 
 _LIVE: weakref.WeakSet[IdGenerator] = weakref.WeakSet()
+
+
+def _issued() -> list[tuple[float, dict[str, str]]]:
+    """Ids issued so far by the live generators, per generator class (read at metric collection)."""
+    totals: dict[str, int] = {}
+    for gen in list(_LIVE):
+        with gen._lock:
+            n = gen._done + gen._seq + 1  # ids of finished milliseconds + of the current one
+        kind = type(gen).__name__.lower()
+        totals[kind] = totals.get(kind, 0) + n
+    return [(float(n), {"generator": kind}) for kind, n in totals.items()]
+
+
+_IDS = _metrics.observable_counter("distkit.idgen.ids", "1", "ids issued by live generators", _issued)
+_ROLLBACKS = _metrics.counter("distkit.idgen.clock_rollbacks", "1",
+                              "backward clock jumps seen by non-logical generators, waited out or raised")
+_LEASE_LOSSES = _metrics.counter("distkit.idgen.lease_losses", "1", "worker-id leases lost while issuing")
 
 
 def _after_fork_in_child() -> None:
@@ -145,6 +163,7 @@ class IdGenerator:
         self._lock = threading.Lock()
         self._last = -1  # timestamp offset of the last id
         self._seq = 0
+        self._done = -1  # ids issued in finished milliseconds (-1: the first new millisecond adds _seq + 1 = 1)
         self._base = 0  # (last << ts_shift) | node: the same-millisecond path adds the sequence
         self._vclock = now  # LOGICAL: follows the clock forward only
         self._last_clock = now
@@ -154,6 +173,7 @@ class IdGenerator:
         self._limit = -1
         self._fast_limit = -1  # _limit for the inline new-millisecond path; -1 for logical generators
         _LIVE.add(self)
+        _IDS.bind()  # registers the ids callback with a meter provider installed since the last generator
         if lease is None:
             if logical and ahead > 0:
                 self._sleep(ahead / 1000)  # a previous incarnation may have run up to `ahead` ms ahead
@@ -215,6 +235,7 @@ class IdGenerator:
                     return self._base | seq
             elif last < now <= self._fast_limit:  # read the clock, then compare with the deadline
                 self._last = now
+                self._done += self._seq + 1
                 self._seq = 0
                 self._base = base = (now << self._ts_shift) | self._node
                 return base
@@ -279,6 +300,7 @@ class IdGenerator:
         self._blocked = why
         self._limit = -1
         self._fast_limit = -1
+        self._done -= self._max_seq - self._seq  # the sequence numbers skipped here were never issued
         self._seq = self._max_seq  # the same-millisecond path falls through to _next_slow
 
     def _set_limit(self, limit_ts: int) -> None:
@@ -316,6 +338,8 @@ class IdGenerator:
             first, end = 0, min(want, self._max_seq + 1) - 1
         if ts > self._limit:  # every timestamp is compared with the limit after it was read
             self._beyond_limit(ts)
+        if ts != last:
+            self._done += self._seq + 1
         self._last, self._seq = ts, end
         self._base = (ts << self._ts_shift) | self._node
         return ts, first
@@ -371,7 +395,9 @@ class IdGenerator:
     def _handle_rollback(self, now: int, last: int) -> int:
         back = last - now
         if self.rollback is RollbackPolicy.WAIT and back <= self.max_rollback_wait_ms:
+            _ROLLBACKS.add(1, {"generator": type(self).__name__.lower(), "action": "wait"})
             return self._wait_until(last, self.max_rollback_wait_ms)
+        _ROLLBACKS.add(1, {"generator": type(self).__name__.lower(), "action": "raise"})
         raise self._rollback_error(back)
 
     def _rollback_error(self, back: int) -> ClockMovedBackwardsError:
@@ -420,6 +446,7 @@ class IdGenerator:
                         backwards_ms=behind,
                     )
                 wait_to = mark
+            self._done -= self._max_seq - self._seq  # skipped, not issued
             self._last, self._seq = mark, self._max_seq  # the next id goes to a later millisecond
             self._base = (mark << self._ts_shift) | self._node
         lease.bind(self)  # waits out a lost mark set, first renewal (sets the limit), heartbeat thread
@@ -459,6 +486,7 @@ class IdGenerator:
     def _lease_lost(self) -> None:
         """Called by the lease (any thread, no lock): stop issuing at once."""
         if self._blocked is None or self._blocked == _UNBOUND:
+            _LEASE_LOSSES.add(1, {"generator": type(self).__name__.lower()})
             self._block(_LOST)
 
     def _after_fork_in_child(self) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from distkit import _metrics
 from distkit.errors import (
     BackendUnavailableError,
     InvalidArgumentError,
@@ -55,6 +56,20 @@ CLEANUP_S = 0.1  # how far past the acquire's deadline its cleanup (undo, leave 
 MAX_LEASE_MS = 10**12  # ~31 years: Redis refuses expiries that overflow, and nobody means more
 # what an outage looks like (the Runner raises BackendUnavailableError; its stub still raises redis-py's own)
 OUTAGES = (BackendUnavailableError, RedisConnectionError, RedisTimeoutError, OSError)
+
+
+KIND_NAMES = {"x": "lock", "r": "read", "w": "write", "s": "semaphore"}
+_ACQUISITIONS = _metrics.counter("distkit.locks.acquisitions", "1", "acquire() calls by kind and outcome")
+_WAIT = _metrics.histogram("distkit.locks.wait.duration", "s", "time from acquire() to the grant (or giving up)")
+_ATTRS = {(k, o): {"kind": v, "outcome": o} for k, v in KIND_NAMES.items() for o in ("acquired", "busy", "timeout")}
+
+
+def _count_acquire(kind: str, outcome: str, start: float) -> None:
+    """One finished acquire: counted, and its wait recorded (only when a meter provider is installed)."""
+    if _metrics.enabled():
+        attrs = _ATTRS.get((kind, outcome)) or {"kind": kind, "outcome": outcome}
+        _ACQUISITIONS.add(1, attrs)
+        _WAIT.record(time.monotonic() - start, attrs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +235,7 @@ def acquire(
                 status, value = parse_pair(reply)
                 _raise_for_status(ctx, status, value, spec, hold, units)
                 if not blocking:
+                    _count_acquire(spec.kind, "busy", start)
                     return False
                 if ctx.closed():
                     raise _closed_error(spec)
@@ -251,6 +267,7 @@ def acquire(
                 if acquired:
                     yield from _give_back(table, spec, holder, deadline)
                 raise
+        _count_acquire(spec.kind, "acquired" if acquired else "timeout", start)
         return acquired
     finally:
         table.acquiring.discard(pending)

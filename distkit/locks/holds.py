@@ -21,8 +21,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distkit import _metrics
+
 if TYPE_CHECKING:
     from distkit.locks.specs import Spec
+
+_LOSSES = _metrics.counter("distkit.locks.losses", "1", "holds found gone while held (on_lost fires once each)")
+_LOSS_ATTRS = {k: {"kind": v} for k, v in {"x": "lock", "r": "read", "w": "write", "s": "semaphore"}.items()}
 
 _serials = itertools.count(1)
 _thread_serial = threading.local()
@@ -159,7 +164,8 @@ class HoldTable:
             if hold.lost:
                 return False
             hold.lost = True
-            return True
+        _LOSSES.add(1, _LOSS_ATTRS.get(hold.spec.kind) or {"kind": hold.spec.kind})
+        return True
 
     def remove(self, hold: Hold) -> None:
         with self._lock:

@@ -503,6 +503,12 @@ class MemoryConsumer(ConsumerBase):
                 self._broker._cond.wait(left)
             return {tp: self._group.committed.get(tp) for tp in partitions}
 
+    def high_watermark(self, topic: str, partition: int) -> int | None:
+        """The partition's end offset (its length), like Kafka's high watermark."""
+        with self._broker._cond:
+            parts = self._broker._topics.get(topic)
+            return len(parts[partition]) if parts is not None and 0 <= partition < len(parts) else None
+
     def seek(self, topic: str, partition: int, offset: int) -> None:
         with self._broker._cond:
             if (topic, partition) not in self._assigned:

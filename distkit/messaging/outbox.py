@@ -48,6 +48,7 @@ from sqlalchemy import (
     update,
 )
 
+from distkit import _metrics
 from distkit._sql import create_table
 from distkit.errors import (
     BrokerUnavailableError,
@@ -63,6 +64,11 @@ from distkit.messaging.message import Codec, JsonCodec, check_topic_name, encode
 log = logging.getLogger(__name__)
 
 EVENT_ID_HEADER = "event-id"
+
+
+_PUBLISHED = _metrics.counter("distkit.messaging.outbox.published", "1", "outbox rows published and marked sent")
+_DEAD = _metrics.counter("distkit.messaging.outbox.dead_lettered", "1", "outbox rows moved to the dead-letter table")
+_OUTAGES = _metrics.counter("distkit.messaging.outbox.outages", "1", "relay batches stopped by an unavailable broker")
 
 
 def outbox_table(name: str, metadata: MetaData | None = None) -> Table:
@@ -261,6 +267,7 @@ class OutboxRelay:
         self.flush_timeout_s = flush_timeout_s
         self.max_attempts = max_attempts
         self.stats = RelayStats()
+        self._attrs = {"table": outbox.table.name}
         self._producer: Producer | None = None
         self._stop = threading.Event()
 
@@ -301,8 +308,11 @@ class OutboxRelay:
             for row, failure in errors.values():
                 self._record_failure(conn, row, failure)
             self.stats.published += len(sent)
+        if sent:
+            _PUBLISHED.add(len(sent), self._attrs)
         if outage is not None:
             self.stats.outages += 1
+            _OUTAGES.add(1, self._attrs)
             raise outage
         return len(sent)
 
@@ -342,6 +352,7 @@ class OutboxRelay:
             return
         self.stats.failed_attempts += 1
         self.stats.dead_lettered += 1
+        _DEAD.add(1, self._attrs)
         log.error("outbox relay: event %s failed %d times (%s); moved to %s", row.event_id, attempts, text, dead.name)
         conn.execute(
             insert(dead).values(

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from distkit import _metrics
 from distkit.errors import (
     BrokerUnavailableError,
     InvalidArgumentError,
@@ -46,6 +47,14 @@ from distkit.messaging.broker import Broker, Consumer, TopicPartition, Transacti
 from distkit.messaging.message import Message
 
 log = logging.getLogger(__name__)
+
+_MESSAGES = _metrics.counter("distkit.messaging.processor.messages", "1", "inputs committed (incl. dead-lettered)")
+_TXNS = _metrics.counter("distkit.messaging.processor.transactions", "1", "transactions by outcome")
+_BATCH = _metrics.histogram("distkit.messaging.processor.batch.size", "1", "inputs per committed transaction")
+_RETRIES = _metrics.counter("distkit.messaging.processor.retries", "1", "handler failures that will be retried")
+_DEAD = _metrics.counter("distkit.messaging.processor.dead_lettered", "1", "inputs sent to the dead-letter topic")
+_LAG = _metrics.gauge("distkit.messaging.consumer.lag", "1",
+                      "records between the committed offset and the partition's end, after each transaction")
 
 Handler = Callable[[Message], Iterable[Message] | None]
 
@@ -198,6 +207,9 @@ class TransactionalProcessor:
         self._unsure: dict[TopicPartition, int] = {}  # batch starts of transactions with an unknown outcome
         self.consumer: Consumer | None = None
         self.producer: TransactionalProducer | None = None
+        g = group_id  # metric attributes: the consumer group, never a key or an offset
+        self._attrs = {"processor": {"group": g}, "committed": {"group": g, "outcome": "committed"},
+                       "aborted": {"group": g, "outcome": "aborted"}}
 
     def stop(self) -> None:
         """Ask :meth:`run` to return after the current transaction (thread- and signal-safe)."""
@@ -280,12 +292,19 @@ class TransactionalProcessor:
                         continue
                     idle_since = None
                     single_left = max(0, single_left - len(batch))
-                    stats.dead_lettered += self._process(consumer, producer, batch)
+                    dead = self._process(consumer, producer, batch)
+                    stats.dead_lettered += dead
                     stats.processed += len(batch)
                     stats.transactions += 1
                     outage_since = None
+                    if _metrics.enabled():
+                        try:
+                            self._count_committed(consumer, batch, dead)
+                        except Exception:  # a metric must never fail a committed transaction
+                            log.debug("processor %s: recording metrics failed", self.transactional_id, exc_info=True)
                 except _HandlerFailed as failed:
                     stats.aborted += 1
+                    _TXNS.add(1, self._attrs["aborted"])
                     if self._abort(batch, stats):
                         self._rewind(batch)  # aborted for sure: re-read from the batch start
                     if len(batch) > 1:
@@ -362,6 +381,23 @@ class TransactionalProcessor:
             for msg in batch:
                 self._failures.pop(_ident(msg), None)
         return dead
+
+    def _count_committed(self, consumer: Consumer, batch: list[Message], dead: int) -> None:
+        """Metrics of one committed transaction, and each of its partitions' lag (end offset - next offset)."""
+        attrs = self._attrs["processor"]
+        _TXNS.add(1, self._attrs["committed"])
+        _MESSAGES.add(len(batch), attrs)
+        _BATCH.record(len(batch), attrs)
+        if dead:
+            _DEAD.add(dead, attrs)
+        end_of = getattr(consumer, "high_watermark", None)
+        if end_of is None:
+            return
+        for (topic, partition), next_offset in next_offsets(batch).items():
+            end = end_of(topic, partition)
+            if end is not None:
+                lag_attrs: dict[str, str | int] = {"group": attrs["group"], "topic": topic, "partition": partition}
+                _LAG.record(max(0, end - next_offset), lag_attrs)
 
     def _not_retryable(self, error: BaseException) -> bool:
         return isinstance(error, self.not_retryable)
@@ -445,6 +481,7 @@ class TransactionalProcessor:
         self._failures[_ident(msg)] = (attempts, failed.error)
         if attempts < self.max_attempts and not self._not_retryable(failed.error):
             stats.retries += 1
+            _RETRIES.add(1, self._attrs["processor"])
             delay = self._backoff(attempts)
             log.warning(
                 "handler failed on %s[%s]@%s (attempt %d/%d): %r; retrying in %.2fs",

@@ -14,30 +14,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+
+from distkit import _metrics
 
 log = logging.getLogger("distkit.resilience")
 
-_counters: dict[str, Any] | None = None
-
-
-def _get(name: str) -> Any:
-    global _counters
-    if _counters is None:
-        _counters = {}
-        try:
-            from opentelemetry import metrics
-
-            meter = metrics.get_meter("distkit.resilience")
-            for n, desc in (
-                ("transitions", "circuit-breaker state changes"),
-                ("rejections", "calls rejected by a breaker or a bulkhead"),
-                ("fallbacks", "calls answered by a degrade fallback"),
-            ):
-                _counters[n] = meter.create_counter(f"distkit.resilience.{n}", unit="1", description=desc)
-        except ImportError:  # pragma: no cover - otel extra not installed
-            pass
-    return _counters.get(name)
+_COUNTERS = {
+    n: _metrics.counter(f"distkit.resilience.{n}", "1", desc)
+    for n, desc in (
+        ("transitions", "circuit-breaker state changes"),
+        ("rejections", "calls rejected by a breaker or a bulkhead"),
+        ("fallbacks", "calls answered by a degrade fallback"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -68,13 +57,12 @@ class Recorder:
         self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
 
     def _add(self, counter: str, key: tuple[str, ...], attrs: Callable[[], dict[str, str]]) -> None:
-        c = _get(counter)
-        if c is None:
+        if not _metrics.enabled():
             return
         a = self._attrs.get(key)
         if a is None:
             a = self._attrs[key] = attrs()
-        c.add(1, a)
+        _COUNTERS[counter].add(1, a)
 
     def _hook(self, event: Event) -> None:
         if self.hook is not None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
+from distkit import _metrics
 from distkit.clock import Clock
 from distkit.errors import (
     InvalidArgumentError,
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
     from distkit.messaging.broker import Broker
 
 log = logging.getLogger("distkit.saga")
+
+_TRANSITIONS = _metrics.counter("distkit.saga.transitions", "1", "sagas entering a status (running, compensating, ...)")
+_COMPENSATIONS = _metrics.counter("distkit.saga.compensations", "1", "steps compensated, or given up on")
+_RETRIES = _metrics.counter("distkit.saga.step.retries", "1", "step attempts that failed and will be retried")
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,10 @@ class SagaCoordinator:
         return self._clock() if self._clock is not None else time.time_ns() // 1_000_000
 
     def _emit(self, kind: str, rec: SagaRecord, step: str | None = None, error: str | None = None) -> None:
+        if kind == "started":
+            _TRANSITIONS.add(1, {"saga": rec.name, "status": rec.status.value.lower()})
+        elif kind == "step_compensated":
+            _COMPENSATIONS.add(1, {"saga": rec.name, "outcome": "compensated"})
         if self._on_event is None:
             return
         try:
@@ -326,7 +335,10 @@ class SagaCoordinator:
     def _write(self, rec: SagaRecord, *, connection: Any = None, **changes: Any) -> SagaRecord:
         now = self._now_ms()
         new = rec.evolve(version=rec.version + 1, updated_ms=now, lease_until_ms=now + self.lease_ms, **changes)
-        return self.log.write(new, connection=connection)
+        written = self.log.write(new, connection=connection)
+        if written.status is not rec.status:
+            _TRANSITIONS.add(1, {"saga": rec.name, "status": written.status.value.lower()})
+        return written
 
     def _context(self, rec: SagaRecord, step: AnyStep, attempt: int, *, compensating: bool = False,
                  action_completed: bool = True, connection: Any = None) -> StepContext:
@@ -406,6 +418,7 @@ class SagaCoordinator:
                 return rec
             if attempt >= last:
                 return self._fail_step(rec, move.index, error, timed_out=timed_out)
+            _RETRIES.add(1, {"saga": rec.name, "step": step.name, "phase": "action"})
             self._sleep(step.retry.delay_s(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -461,7 +474,9 @@ class SagaCoordinator:
             except (_TimedOut, Exception) as exc:
                 error = f"compensation of {step.name!r} failed: {type(exc).__name__}: {exc}"
                 if attempt >= last:
+                    _COMPENSATIONS.add(1, {"saga": rec.name, "outcome": "gave_up"})
                     return self._write(rec, status=SagaStatus.FAILED, error=error)  # _drive reports "failed"
+                _RETRIES.add(1, {"saga": rec.name, "step": step.name, "phase": "compensate"})
                 self._sleep(policy.delay_s(attempt))
                 continue
             rec = self._write(rec, steps=self._with_step(rec, move.index, state=StepState.COMPENSATED.value))

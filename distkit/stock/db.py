@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from distkit._sql import create_table
 from distkit.errors import InvalidArgumentError, StockNotLoadedError
-from distkit.stock.protocol import check
+from distkit.stock.protocol import check, count_deduction, count_restore
 
 if TYPE_CHECKING:
     from distkit.locks import Locks
@@ -121,10 +121,12 @@ class LockedDbStock:
             held = self.table._order(c, sku, order_id)
             left = c.execute(select(self.table.stock.c.qty).where(self.table.stock.c.sku == sku)).scalar_one_or_none()
         if held is not None:
+            count_deduction("locked_db", "repeat" if held > 0 else "refused")
             return held > 0
         if left is None:
             raise StockNotLoadedError(f"no stock row for {sku!r}")
         if left < qty:
+            count_deduction("locked_db", "sold_out")
             return False  # a concurrent restore may add units back; the next buyer sees them
         with self.locks.fair_lock(f"stock:{sku}")(timeout=self.lock_timeout_s):  # FIFO: first come, first served
             for _ in range(3):
@@ -134,7 +136,9 @@ class LockedDbStock:
                             select(self.table.stock.c.qty).where(self.table.stock.c.sku == sku)
                         ).scalar_one_or_none() is None:
                             raise StockNotLoadedError(f"no stock row for {sku!r}")
-                        return self.table.deduct_in(c, sku, qty, order_id)
+                        done = self.table.deduct_in(c, sku, qty, order_id)
+                    count_deduction("locked_db", "deducted" if done else "sold_out")
+                    return done
                 except _Retry:
                     continue
             with self.table.engine.connect() as c:  # lost the race to insert this order three times: it is held
@@ -144,4 +148,6 @@ class LockedDbStock:
     def restore(self, sku: str, order_id: str) -> int:
         check(sku, None, order_id)
         with self.locks.fair_lock(f"stock:{sku}")(timeout=self.lock_timeout_s), self.table.engine.begin() as c:
-            return self.table.restore_in(c, sku, order_id)
+            qty = self.table.restore_in(c, sku, order_id)
+        count_restore("locked_db", qty)
+        return qty

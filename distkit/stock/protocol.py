@@ -5,7 +5,24 @@ from __future__ import annotations
 import re
 from typing import Protocol, runtime_checkable
 
+from distkit import _metrics
 from distkit.errors import InvalidArgumentError
+
+_DEDUCTIONS = _metrics.counter("distkit.stock.deductions", "1", "try_deduct() calls by strategy and outcome")
+_RESTORES = _metrics.counter("distkit.stock.restores", "1", "restore() calls that gave units back")
+# outcomes: deducted (now), repeat (this order already holds it), sold_out, refused (order restored before)
+_ATTRS = {(s, o): {"strategy": s, "outcome": o} for s in ("redis", "token_pool", "locked_db")
+          for o in ("deducted", "repeat", "sold_out", "refused")}
+
+
+def count_deduction(strategy: str, outcome: str) -> None:
+    """One try_deduct() answer (attributes: the strategy and the outcome, never the sku or the order)."""
+    _DEDUCTIONS.add(1, _ATTRS[(strategy, outcome)])
+
+
+def count_restore(strategy: str, qty: int) -> None:
+    if qty > 0:
+        _RESTORES.add(1, {"strategy": strategy})
 
 _SKU = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 

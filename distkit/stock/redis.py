@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from distkit._redis import Runner, Script, key
 from distkit.errors import InvalidArgumentError, StockNotLoadedError
-from distkit.stock.protocol import check
+from distkit.stock.protocol import check, count_deduction, count_restore
 
 if TYPE_CHECKING:
     from distkit._types import SyncRedisLike
@@ -27,6 +27,7 @@ _RETURN = Script("stock", "return_tokens")
 _LOAD_TOKENS = Script("stock", "load_tokens")
 _LOAD = Script("stock", "load_stock")
 _GROUP = "distkit-stock-relay"
+_OUTCOMES = {1: "deducted", 2: "repeat", 0: "sold_out", -2: "refused"}  # the scripts' reply codes
 
 
 def _int(v: Any) -> int:
@@ -104,15 +105,18 @@ class RedisStock(_RedisStockBase):
     def try_deduct(self, sku: str, qty: int = 1, *, order_id: str) -> bool:
         check(sku, qty, order_id)
         code, _left = self._script(_DEDUCT, sku, [qty, order_id, sku, self.ttl_ms])
-        if int(code) == -1:
+        code = int(code)
+        if code == -1:
             raise StockNotLoadedError(f"no stock loaded for {sku!r}: call load() first")
-        return int(code) in (1, 2)
+        count_deduction("redis", _OUTCOMES.get(code, "refused"))
+        return code in (1, 2)
 
     def restore(self, sku: str, order_id: str) -> int:
         check(sku, None, order_id)
         qty, _left = self._script(_RESTORE, sku, [order_id, sku, self.ttl_ms])
         if int(qty) == -1:
             raise StockNotLoadedError(f"no stock loaded for {sku!r}")
+        count_restore("redis", int(qty))
         return int(qty)
 
     def available(self, sku: str) -> int:
@@ -149,6 +153,7 @@ class TokenPoolStock(_RedisStockBase):
                                [qty, order_id, sku, self.ttl_ms], deadline=self._deadline())
         if int(code) == -1:
             raise StockNotLoadedError(f"no token pool loaded for {sku!r}: call load() first")
+        count_deduction("token_pool", _OUTCOMES.get(int(code), "refused"))
         return _text(toks) if int(code) in (1, 2) else None
 
     def try_deduct(self, sku: str, qty: int = 1, *, order_id: str) -> bool:
@@ -156,8 +161,10 @@ class TokenPoolStock(_RedisStockBase):
 
     def restore(self, sku: str, order_id: str) -> int:
         check(sku, None, order_id)
-        return int(self._run(_RETURN, self._keys(sku, "pool", "owners", "events"), [order_id, sku, self.ttl_ms],
-                             deadline=self._deadline()))
+        qty = int(self._run(_RETURN, self._keys(sku, "pool", "owners", "events"), [order_id, sku, self.ttl_ms],
+                            deadline=self._deadline()))
+        count_restore("token_pool", qty)
+        return qty
 
     def available(self, sku: str) -> int:
         check(sku)

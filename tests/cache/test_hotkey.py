@@ -330,24 +330,23 @@ def test_fail_safe_and_loads_are_counted_in_opentelemetry(make_cache: Any, fake_
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from distkit.cache import hotkey
+    from distkit._metrics import use_meter_provider
 
     reader = InMemoryMetricReader()
-    meter = MeterProvider(metric_readers=[reader]).get_meter("distkit.cache")  # private: no global provider
-    monkeypatch.setattr(hotkey, "_metrics",
-                        {n: meter.create_counter(f"distkit.cache.{n}") for n in ("fail_safe", "loads", "stale")})
-    loader = Counting(value="v")
-    cache = make_cache(loader=loader, ttl_s=10, jitter=0, clock=fake_clock)
-    cache.get("k")
-    loader.error = RuntimeError("down")
-    fake_clock.advance(11_000)
-    assert cache.get("k") == "v"
+    with use_meter_provider(MeterProvider(metric_readers=[reader])):  # private: no global provider
+        loader = Counting(value="v")
+        cache = make_cache(loader=loader, ttl_s=10, jitter=0, clock=fake_clock)
+        cache.get("k")
+        loader.error = RuntimeError("down")
+        fake_clock.advance(11_000)
+        assert cache.get("k") == "v"
     points = {}
     for rm in reader.get_metrics_data().resource_metrics:
         for sm in rm.scope_metrics:
             for m in sm.metrics:
-                for p in m.data.data_points:
-                    points[(m.name, p.attributes["namespace"])] = p.value
+                if m.name in ("distkit.cache.loads", "distkit.cache.fail_safe", "distkit.cache.stale"):
+                    for p in m.data.data_points:
+                        points[(m.name, p.attributes["namespace"])] = p.value
     assert points == {("distkit.cache.loads", namespace): 2, ("distkit.cache.fail_safe", namespace): 1}
 
 

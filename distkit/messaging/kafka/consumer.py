@@ -102,6 +102,15 @@ class KafkaConsumer(ConsumerBase):
             out[(tp.topic, tp.partition)] = tp.offset if tp.offset >= 0 else None
         return out
 
+    def high_watermark(self, topic: str, partition: int) -> int | None:
+        """The partition's end offset as of the last fetch (no broker round trip), or ``None`` if not known yet.
+        Transaction markers occupy offsets too, so a caught-up ``read_committed`` reader can be 1 behind it."""
+        try:
+            _low, high = self.raw.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        except (KafkaException, TypeError):
+            return None
+        return int(high) if high is not None and high >= 0 else None
+
     def _commit_offsets(self, offsets: Mapping[TP, int]) -> None:
         tps = [TopicPartition(t, p, off) for (t, p), off in offsets.items()]
         try:
