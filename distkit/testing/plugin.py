@@ -73,7 +73,8 @@ def _get(provider: ServiceProvider, service: str) -> str:
     try:
         return provider.get(service)
     except ServiceUnavailable as exc:
-        unavailable(str(exc))
+        message = str(exc)
+    unavailable(message)  # outside the except: the report shows one message, not a chained traceback
 
 
 @pytest.fixture(scope="session")
