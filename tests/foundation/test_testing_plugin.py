@@ -396,3 +396,47 @@ def test_local_source_starts_a_redis_and_stops_only_what_it_started(tmp_path, re
 def test_the_packaged_kafka_files_match_the_checkouts():
     assert (ROOT / "infra" / "kafka" / "pom.xml").read_text() == KAFKA_POM
     assert (ROOT / "infra" / "kafka" / "log4j2.properties").read_text() == KAFKA_LOG4J
+
+
+def _checkout_kafka_libs() -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distkit_infra_services_libs", ROOT / "infra" / "services.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return Path(module.KAFKA_LIBS)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(map(local_available, ("cluster", "postgres", "kafka"))),
+                    reason="redis-server, initdb or java is not installed (make test installs them)")
+def test_local_source_starts_cluster_postgres_and_kafka_and_stops_them(tmp_path, monkeypatch, kafka_bootstrap):
+    """The last resort for each of the other services, end to end (about 10 s: a private KRaft broker)."""
+    from confluent_kafka.admin import AdminClient
+    from sqlalchemy import create_engine, text
+
+    from distkit.config import Settings
+
+    libs = _checkout_kafka_libs()
+    if not any(libs.glob("kafka_2.13-*.jar")):
+        pytest.skip(f"no Kafka jars under {libs} (run `python infra/services.py start kafka` once)")
+    monkeypatch.setenv("DISTKIT_KAFKA_LIBS", str(libs))
+    provider = ServiceProvider(allowed=("local",), state_dir=tmp_path / "state", environ={})
+    try:
+        nodes = Settings.from_env({"DISTKIT_REDIS_CLUSTER_NODES": provider.get("cluster")}).redis_cluster()
+        assert nodes.ping() is True and len(nodes.get_primaries()) == 3
+        nodes.close()
+        engine = create_engine(provider.get("postgres"))
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT current_database()")).scalar_one() == "distkit_test"
+        engine.dispose()
+        bootstrap = provider.get("kafka")
+        assert bootstrap != kafka_bootstrap  # its own broker, not the shared one
+        assert "distkit-ready" in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+        assert provider.started_locally == ["cluster", "postgres", "kafka"]
+        ports = LocalServices(tmp_path / "state").load_ports()
+    finally:
+        provider.close()
+    assert not any(port_open(int(p)) for p in [*ports["cluster"], ports["postgres"], ports["kafka"]])
+    assert LocalServices(tmp_path / "state").load_ports() == {}
