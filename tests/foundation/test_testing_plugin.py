@@ -125,8 +125,8 @@ def test_user_suite_gets_every_service_from_the_env_urls_and_is_cleaned_up(
     monkeypatch.setenv("DISTKIT_REQUIRE_SERVICES", "1")
     monkeypatch.delenv("DISTKIT_TEST_SERVICES", raising=False)
     user_suite.makepyfile(test_user=USER_SUITE)
-    # a subprocess: KafkaBroker's transactional producers leave a parked "distkit-txn-*" thread behind after
-    # close, which later tests counting distkit threads in this process would see
+    # a subprocess: whatever the user's tests leave behind (threads, clients) stays out of this process, where
+    # later tests count distkit's threads
     result = user_suite.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=6)
     seen = json.loads((user_suite.path / "seen.json").read_text())
