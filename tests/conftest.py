@@ -1,8 +1,10 @@
 """Fixtures for the real services started by ``make test`` (``infra/services.py``).
 
-Each fixture reads a ``DISTKIT_*`` URL. Without it the test is skipped, unless
-``DISTKIT_REQUIRE_SERVICES=1`` (set by ``make test``), where a missing or unreachable service is an
-error: CI must never go green by skipping the real-server tests.
+They are thin aliases of distkit's own pytest plugin (:mod:`distkit.testing.plugin`, the fixtures users get),
+pinned to the ``DISTKIT_*`` URLs only (``distkit_service_sources`` below): the suite never starts containers or
+servers by itself. Without a URL the test is skipped, unless ``DISTKIT_REQUIRE_SERVICES=1`` (set by
+``make test``), where a missing or unreachable service is an error: CI must never go green by skipping the
+real-server tests.
 
 Isolation: every test gets a fresh ``namespace`` (use it for Redis keys), a fresh PostgreSQL schema
 (``pg_engine``'s search_path) and fresh Kafka topics (``new_topic``). Nothing is flushed globally, so
@@ -11,24 +13,23 @@ test runs and developers can share one set of servers.
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from distkit.config import Settings
-from tests.fakeclock import FakeClock
+from distkit.testing import FakeClock
 
-REQUIRE = os.environ.get("DISTKIT_REQUIRE_SERVICES") == "1"
+pytest_plugins = ["distkit.testing.plugin"]
+
+__all__ = ["RedisServerProcess", "pg_connect_args"]
 
 
-def _missing(what: str, env: str) -> None:
-    msg = f"{what} not configured: {env} is unset (run `make test`, or `make services-up` and export the env)"
-    if REQUIRE:
-        pytest.fail(msg + " [DISTKIT_REQUIRE_SERVICES=1]", pytrace=False)
-    pytest.skip(msg)
+@pytest.fixture(scope="session")
+def distkit_service_sources() -> tuple[str, ...]:
+    """The suite runs against the servers `make test` started (DISTKIT_* env), never containers or its own."""
+    return ("env",)
 
 
 @pytest.fixture(scope="session")
@@ -37,119 +38,74 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def namespace() -> str:
+def namespace(distkit_namespace: str) -> str:
     """A unique namespace for this test's keys, e.g. ``t-3f2a9c1b``."""
-    return f"t-{uuid.uuid4().hex[:8]}"
+    return distkit_namespace
 
 
 @pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock()
+def fake_clock(distkit_fake_clock: FakeClock) -> FakeClock:
+    return distkit_fake_clock
 
 
 # --------------------------------------------------------------------------- redis
 
 
 @pytest.fixture(scope="session")
-def redis_url(settings: Settings) -> str:
-    if not settings.redis_url:
-        _missing("Redis", "DISTKIT_REDIS_URL")
-    return settings.redis_url  # type: ignore[return-value]
+def redis_url(distkit_redis_url: str) -> str:
+    return distkit_redis_url
 
 
 @pytest.fixture
-def redis_client(redis_url: str, namespace: str) -> Iterator[Any]:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.fail(f"Redis at {redis_url} is unreachable: {exc}", pytrace=False)
-    yield client
-    for k in client.scan_iter(match=f"*{namespace}*", count=1000):
-        client.delete(k)
-    client.close()
+def redis_client(distkit_redis: Any) -> Any:
+    return distkit_redis
 
 
 @pytest.fixture
-async def async_redis_client(redis_url: str, namespace: str) -> AsyncIterator[Any]:
-    import redis.asyncio as aredis
-
-    client = aredis.Redis.from_url(redis_url)
-    await client.ping()
-    yield client
-    async for k in client.scan_iter(match=f"*{namespace}*", count=1000):
-        await client.delete(k)
-    await client.aclose()
+def async_redis_client(distkit_async_redis: Any) -> Any:
+    return distkit_async_redis
 
 
 @pytest.fixture(scope="session")
-def redis_cluster_nodes(settings: Settings) -> tuple[tuple[str, int], ...]:
-    if not settings.redis_cluster_nodes:
-        _missing("Redis Cluster", "DISTKIT_REDIS_CLUSTER_NODES")
-    return settings.redis_cluster_nodes
+def redis_cluster_nodes(distkit_redis_cluster_nodes: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+    return distkit_redis_cluster_nodes
 
 
 @pytest.fixture
-def redis_cluster(settings: Settings, redis_cluster_nodes: Any, namespace: str) -> Iterator[Any]:
-    client = settings.redis_cluster()
-    yield client
-    for k in client.scan_iter(match=f"*{namespace}*", count=1000):
-        client.delete(k)
-    client.close()
+def redis_cluster(distkit_redis_cluster: Any) -> Any:
+    return distkit_redis_cluster
 
 
 @pytest.fixture
-async def async_redis_cluster(settings: Settings, redis_cluster_nodes: Any, namespace: str) -> AsyncIterator[Any]:
-    from redis.asyncio.cluster import ClusterNode, RedisCluster
-
-    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in redis_cluster_nodes])
-    await client.initialize()
-    yield client
-    async for k in client.scan_iter(match=f"*{namespace}*", count=1000):
-        await client.delete(k)
-    await client.aclose()
+def async_redis_cluster(distkit_async_redis_cluster: Any) -> Any:
+    return distkit_async_redis_cluster
 
 
 # --------------------------------------------------------------------------- postgres
 
 
 @pytest.fixture(scope="session")
-def database_url(settings: Settings) -> str:
-    if not settings.database_url:
-        _missing("PostgreSQL", "DISTKIT_DATABASE_URL")
-    return settings.database_url  # type: ignore[return-value]
+def database_url(distkit_database_url: str) -> str:
+    return distkit_database_url
 
 
 @pytest.fixture
-def pg_schema() -> str:
-    return f"t_{uuid.uuid4().hex[:10]}"
+def pg_schema(distkit_pg_schema: str) -> str:
+    return distkit_pg_schema
 
 
 @pytest.fixture
-def pg_engine(database_url: str, pg_schema: str) -> Iterator[Any]:
+def pg_engine(distkit_pg_engine: Any) -> Any:
     """An engine whose connections use a fresh schema (search_path), dropped after the test.
 
     Child processes can rebuild it from ``engine.url`` plus ``pg_connect_args(pg_schema)``.
     """
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(database_url)
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{pg_schema}"'))
-    except Exception as exc:
-        pytest.fail(f"PostgreSQL at {database_url} is unusable: {exc}", pytrace=False)
-    engine = create_engine(database_url, connect_args=pg_connect_args(pg_schema), pool_size=10, max_overflow=20)
-    yield engine
-    engine.dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f'DROP SCHEMA "{pg_schema}" CASCADE'))
-    admin.dispose()
+    return distkit_pg_engine
 
 
 def pg_connect_args(schema: str) -> dict[str, Any]:
+    """The same as ``distkit.testing.plugin.pg_connect_args`` (not imported here: the plugin module must be
+    imported by pytest itself, so it gets assertion rewriting)."""
     return {"options": f"-csearch_path={schema}"}
 
 
@@ -157,37 +113,14 @@ def pg_connect_args(schema: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(settings: Settings) -> str:
-    if not settings.kafka_bootstrap:
-        _missing("Kafka", "DISTKIT_KAFKA_BOOTSTRAP")
-    return settings.kafka_bootstrap  # type: ignore[return-value]
+def kafka_bootstrap(distkit_kafka_bootstrap: str) -> str:
+    return distkit_kafka_bootstrap
 
 
 @pytest.fixture
-def new_topic(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+def new_topic(distkit_new_topic: Callable[..., str]) -> Callable[..., str]:
     """Factory: ``new_topic(partitions=1, prefix="t")`` creates a uniquely named topic and returns its name."""
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    created: list[str] = []
-
-    def make(partitions: int = 1, prefix: str = "t") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
-        futures = admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=10)
-        try:
-            futures[name].result(timeout=15)
-        except Exception as exc:
-            pytest.fail(f"Kafka at {kafka_bootstrap} could not create topic {name}: {exc}", pytrace=False)
-        created.append(name)
-        return name
-
-    yield make
-    if created:
-        for fut in admin.delete_topics(created, operation_timeout=10).values():
-            try:
-                fut.result(timeout=15)
-            except Exception:  # best effort: a topic the test deleted itself
-                continue
+    return distkit_new_topic
 
 
 # --------------------------------------------------------------------------- private servers for fault tests

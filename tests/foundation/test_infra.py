@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,11 +60,27 @@ def test_usage_without_command(services, capsys):
     assert "start" in capsys.readouterr().out
 
 
-def test_runs_on_bare_python():
-    # services.py must work before the venv exists: standard library only.
-    src = (ROOT / "infra" / "services.py").read_text()
-    imports = {line.split()[1].split(".")[0] for line in src.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= set(sys.stdlib_module_names) | {"__future__"}
+def _top_imports(path: Path) -> set[str]:
+    src = path.read_text()
+    return {line.split()[1] for line in src.splitlines() if line.startswith(("import ", "from "))}
+
+
+def test_runs_on_bare_python(tmp_path):
+    # services.py must work before the venv exists: standard library only, plus the checkout's own
+    # distkit.testing.services, which is standard library only too (distkit.errors imports nothing else)
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    cli = {m for m in _top_imports(ROOT / "infra" / "services.py") if not m.startswith("distkit.testing")}
+    core = {m for m in _top_imports(ROOT / "distkit" / "testing" / "services.py") if m != "distkit.errors"}
+    assert {m.split(".")[0] for m in cli | core} <= stdlib
+    assert {m.split(".")[0] for m in _top_imports(ROOT / "distkit" / "errors.py")} <= stdlib
+    # and it really runs without site-packages (-S) or PYTHONPATH: usage, then `env` of an empty state dir
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"DISTKIT_SERVICES_DIR": str(tmp_path)}
+    script = [sys.executable, "-S", "-s", str(ROOT / "infra" / "services.py")]
+    usage = subprocess.run(script, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+    assert usage.returncode == 2 and "python infra/services.py start" in usage.stdout, usage.stderr
+    (tmp_path / "ports.json").write_text('{"redis": 6390}')
+    out = subprocess.run([*script, "env"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+    assert (out.returncode, out.stdout) == (0, "export DISTKIT_REDIS_URL=redis://127.0.0.1:6390/0\n"), out.stderr
 
 
 def test_cluster_ports_skip_pairs_whose_bus_port_is_taken(services):

@@ -27,6 +27,7 @@ from distkit.messaging.kafka.errors import kafka_error, translate, translate_err
 from distkit.messaging.message import Codec, check_partition, encode_headers, encode_key
 
 TopicCheck = Callable[[str], None]
+_Job = tuple[Callable[[], Any], list[Any], threading.Event]
 _GRACE_S = 2.0  # on top of the timeout librdkafka was given, before a call counts as hung
 _ABORT_FLUSH_S = 1.0  # how long abort() waits for in-flight acks before ending the transaction
 
@@ -36,11 +37,14 @@ class _Hung(Exception):
 
 
 class _Worker:
-    """A daemon thread running the librdkafka calls whose own timeout cannot be trusted."""
+    """A daemon thread running the librdkafka calls whose own timeout cannot be trusted.
+
+    :meth:`stop` (from the producer's ``close``) ends it; a thread abandoned in a hung call ends once librdkafka
+    returns. It never keeps a finished call (and through it the producer) referenced."""
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] | None = None
+        self._jobs: queue.SimpleQueue[_Job | None] | None = None
         self._pid = -1
 
     def call(self, fn: Callable[[], Any], timeout_s: float) -> Any:
@@ -51,22 +55,28 @@ class _Worker:
         done = threading.Event()
         self._jobs.put((fn, box, done))
         if not done.wait(timeout_s):
-            self._jobs = None  # this thread is stuck inside librdkafka; never hand it work again
+            self.stop()  # this thread is stuck inside librdkafka; never hand it work again
             raise _Hung
         ok, value = box
         if ok:
             return value
         raise value
 
+    def stop(self) -> None:
+        jobs, self._jobs = self._jobs, None
+        if jobs is not None and self._pid == os.getpid():
+            jobs.put(None)
+
     @staticmethod
-    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]]) -> None:
-        while True:
-            fn, box, done = jobs.get()
+    def _loop(jobs: queue.SimpleQueue[_Job | None]) -> None:
+        while (job := jobs.get()) is not None:
+            fn, box, done = job
             try:
                 box[:] = [True, fn()]
             except BaseException as exc:  # handed to the caller
                 box[:] = [False, exc]
             done.set()
+            del job, fn, box, done  # parked in get(), the thread must not hold the last call's producer
 
 
 class _Produces:
@@ -372,4 +382,5 @@ class KafkaTransactionalProducer(_Produces, TransactionalProducerBase):
             self._abort_quietly()
         if self.usable:
             self._rd.flush(5)
+        self._worker.stop()  # its thread ends (a closed producer used again starts a new one)
 
