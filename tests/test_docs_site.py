@@ -34,6 +34,7 @@ API = {
     "stock": ["Stock"],
     "cache": ["HotKeyCache"],
     "resilience": ["CircuitBreaker", "Bulkhead"],
+    "testing": ["FakeClock"],
     "config": ["Settings"],
     "errors": ["DistkitError"],
 }
