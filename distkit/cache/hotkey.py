@@ -65,6 +65,7 @@ _SET = Script("cache", "set")
 _INVALIDATE = Script("cache", "invalidate")
 
 _live: weakref.WeakSet[HotKeyCache] = weakref.WeakSet()
+_retired: dict[tuple[str, str], int] = {}  # the stats of caches since garbage-collected (see HotKeyCache.__del__)
 
 _MIN_DELTA_MS = 10
 
@@ -78,14 +79,20 @@ _COUNTERS = {
 }
 
 
+def _counts(cache: HotKeyCache) -> dict[tuple[str, str], int]:
+    st = cache.stats
+    return {(cache.namespace, result): n for result, n in (
+        ("l1_hit", st.l1_hits), ("l2_hit", st.l2_hits), ("miss", st.misses), ("early_refresh", st.early_refreshes))}
+
+
 def _from_stats() -> dict[tuple[str, str], int]:
-    """Per (namespace, result): the Stats of the live caches of this process, read at metric collection."""
-    totals: dict[tuple[str, str], int] = {}
-    for cache in list(_live):
-        st = cache.stats
-        for result, n in (("l1_hit", st.l1_hits), ("l2_hit", st.l2_hits), ("miss", st.misses),
-                          ("early_refresh", st.early_refreshes)):
-            totals[(cache.namespace, result)] = totals.get((cache.namespace, result), 0) + n
+    """Per (namespace, result): the Stats of this process's caches, read at metric collection (the live ones plus
+    what collected ones had counted, so the observable counters never go down)."""
+    live = list(_live)  # strong references first: a cache missing here has already retired its counts
+    totals = dict(_retired)
+    for cache in live:
+        for k, n in _counts(cache).items():
+            totals[k] = totals.get(k, 0) + n
     return totals
 
 
@@ -280,6 +287,14 @@ class HotKeyCache:
         self.instance_id = uuid.uuid4().hex[:12]
         self.stats = Stats()
         self._new_state()
+
+    def __del__(self) -> None:
+        # what this cache counted stays in distkit.cache.requests / early_refreshes (counters never go down)
+        try:
+            for k, n in _counts(self).items():
+                _retired[k] = _retired.get(k, 0) + n
+        except Exception:  # a half-built cache, or interpreter shutdown
+            pass
 
     def close(self) -> None:
         """Stop the backplane listener and drop the L1 (idempotent)."""

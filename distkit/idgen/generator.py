@@ -52,14 +52,17 @@ _time_ns = time.time_ns
 G = TypeVar("G", bound="IdGenerator")
 
 _LIVE: weakref.WeakSet[IdGenerator] = weakref.WeakSet()
+_RETIRED: dict[str, int] = {}  # ids issued by generators since garbage-collected, per class (see __del__)
 
 
 def _issued() -> list[tuple[float, dict[str, str]]]:
-    """Ids issued so far by the live generators, per generator class (read at metric collection)."""
-    totals: dict[str, int] = {}
-    for gen in list(_LIVE):
+    """Ids issued so far in this process, per generator class (read at metric collection): the live generators'
+    counts plus what collected ones had issued, so the counter never goes down when a generator is dropped."""
+    live = list(_LIVE)  # strong references first: a generator missing here has already retired its count
+    totals = dict(_RETIRED)
+    for gen in live:
         with gen._lock:
-            n = gen._done + gen._seq + 1  # ids of finished milliseconds + of the current one
+            n = gen._issued_count()
         kind = type(gen).__name__.lower()
         totals[kind] = totals.get(kind, 0) + n
     return [(float(n), {"generator": kind}) for kind, n in totals.items()]
@@ -222,6 +225,17 @@ class IdGenerator:
     @property
     def closed(self) -> bool:
         return self._blocked == _CLOSED
+
+    def _issued_count(self) -> int:
+        return self._done + self._seq + 1  # ids of finished milliseconds + of the current one
+
+    def __del__(self) -> None:
+        # what this generator issued stays in distkit.idgen.ids: an observable counter must never go down
+        try:
+            kind = type(self).__name__.lower()
+            _RETIRED[kind] = _RETIRED.get(kind, 0) + self._issued_count()
+        except Exception:  # a half-built generator, or interpreter shutdown
+            pass
 
     def next_id(self) -> int:
         """A new id: unique for this (datacenter, worker), increasing within this generator."""

@@ -334,6 +334,47 @@ def test_idgen_ids_issued_and_rollback_waits(reader: InMemoryMetricReader) -> No
     gen.close()
 
 
+def test_observed_counters_never_go_down_when_their_objects_are_collected(
+    reader: InMemoryMetricReader, redis_client: Any, namespace: str
+) -> None:
+    """distkit.idgen.ids and distkit.cache.requests are read from live objects at collection time; a generator
+    or cache that is garbage-collected must not take its count with it (a counter that drops reads as a reset,
+    and a new one's increase was hidden by an old one's disappearance)."""
+    import gc
+
+    from distkit.cache import HotKeyCache
+    from distkit.idgen import Snowflake
+
+    def issued() -> int:
+        return int(value(reader, "distkit.idgen.ids", generator="snowflake"))
+
+    def misses() -> int:
+        return int(value(reader, "distkit.cache.requests", namespace=namespace, result="miss"))
+
+    before = issued()
+    gen = Snowflake(worker_id=4)
+    gen.next_ids(7)
+    gen.close()
+    del gen
+    gc.collect()
+    again = Snowflake(worker_id=5)
+    again.next_ids(2)
+    assert issued() - before == 9
+    again.close()
+
+    cache = HotKeyCache(redis_client, namespace=namespace, loader=str.upper, backplane=False)
+    cache.get("a")
+    cache.get("b")
+    cache.close()
+    del cache
+    gc.collect()
+    assert misses() == 2
+    later = HotKeyCache(redis_client, namespace=namespace, loader=str.upper, backplane=False)
+    later.get("c")
+    assert misses() == 3
+    later.close()
+
+
 def test_idgen_lease_loss_is_counted_once(reader: InMemoryMetricReader, private_redis: Any, namespace: str) -> None:
     from distkit.errors import WorkerLeaseLostError
     from distkit.idgen import RedisWorkerLease, Snowflake
