@@ -99,7 +99,7 @@ ServiceRegistry(redis.Redis())
 RedisWorkerLease(redis.Redis(), "ns")
 RedisStock(redis.Redis())
 LockedDbStock(create_engine("sqlite://"), Locks(redis.Redis()))
-HotKeyCache(redis.Redis(), locks=AsyncLocks(aredis.Redis()))
+HotKeyCache(redis.Redis(), locks=Locks(redis.Redis()))
 idempotent(RedisIdempotencyStore(aredis.Redis()), key="id")
 SagaCoordinator(MemorySagaLog(), broker=InMemoryBroker())
 RedisBackend(aredis.Redis())  # line 28: each line below passes the wrong kind of object
