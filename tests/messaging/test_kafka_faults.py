@@ -172,34 +172,3 @@ def test_abort_soon_after_a_commit_never_kills_the_producer(kafka_bootstrap, new
     got = drain(broker, [topic], expect=200, quiet_s=0.5)
     assert sorted(m.value["kept"] for m in got) == sorted(f"{tid}-{i}" for tid in tids for i in range(25))
     broker.close()
-
-
-def test_closing_the_broker_frees_each_transactional_producer(kafka_bootstrap, new_topic):
-    """Found by running a reference app twice in one process: every closed transactional producer left its
-    worker thread running, and that thread's last job (a closure over the producer) kept the librdkafka handle
-    alive: 1 thread and ~13 file descriptors (sockets, pipes) leaked per producer, for good."""
-    import gc
-    import weakref
-
-    topic = new_topic(1)
-    broker = KafkaBroker(kafka_bootstrap, timeout_s=10)
-    tids = [uid("closed") for _ in range(2)]
-    refs = []
-    for tid in tids:
-        tx = broker.transactional_producer(tid)
-        with tx:
-            tx.send(topic, {"tid": tid})
-        refs.append(weakref.ref(tx))
-    del tx
-    assert len(drain(broker, [topic], expect=2, quiet_s=0.2)) == 2
-    broker.close()
-
-    def alive() -> list[str]:
-        gc.collect()
-        names = [t.name for t in threading.enumerate() if any(tid in t.name for tid in tids)]
-        return names + [f"producer {i}" for i, r in enumerate(refs) if r() is not None]
-
-    deadline = time.monotonic() + 5
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert alive() == []

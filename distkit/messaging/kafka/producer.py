@@ -40,7 +40,7 @@ class _Worker:
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event] | None] | None = None
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]] | None = None
         self._pid = -1
 
     def call(self, fn: Callable[[], Any], timeout_s: float) -> Any:
@@ -58,23 +58,15 @@ class _Worker:
             return value
         raise value
 
-    def stop(self) -> None:
-        """Let the thread end (it holds no reference to the producer between jobs, so the librdkafka handle and
-        its sockets go with the producer); a thread stuck in librdkafka ends whenever that call returns."""
-        jobs, self._jobs = self._jobs, None
-        if jobs is not None and self._pid == os.getpid():
-            jobs.put(None)
-
     @staticmethod
-    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event] | None]) -> None:
-        while (job := jobs.get()) is not None:
-            fn, box, done = job
+    def _loop(jobs: queue.SimpleQueue[tuple[Callable[[], Any], list[Any], threading.Event]]) -> None:
+        while True:
+            fn, box, done = jobs.get()
             try:
                 box[:] = [True, fn()]
             except BaseException as exc:  # handed to the caller
                 box[:] = [False, exc]
             done.set()
-            del job, fn, box, done  # the job's closure holds the producer: never keep it while idle
 
 
 class _Produces:
@@ -380,5 +372,4 @@ class KafkaTransactionalProducer(_Produces, TransactionalProducerBase):
             self._abort_quietly()
         if self.usable:
             self._rd.flush(5)
-        self._worker.stop()
 
