@@ -41,6 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from distkit import _metrics
 from distkit._redis import Runner, Script
 from distkit._redis import key as redis_key
+from distkit._types import is_async_client
 from distkit.cache.backplane import Backplane
 from distkit.cache.entry import Codec, Entry, JsonCodec, decode, encode, jittered_ms, rand_open, xfetch
 from distkit.cache.local import LocalCache
@@ -229,6 +230,12 @@ class HotKeyCache:
         self.fail_safe_throttle_s = _seconds("fail_safe_throttle_s", fail_safe_throttle_s)
         if loader is not None and not callable(loader):
             raise InvalidCacheConfigError("loader must be callable: loader(key) -> value (None = no such id)")
+        if locks is not None and getattr(locks, "async_client", None) not in (None, is_async_client(redis_client)):
+            # a sync cache's acquire() on AsyncLocks returns an un-awaited coroutine: it would reload unlocked
+            raise InvalidCacheConfigError(
+                f"locks= must match the client: Locks with a sync client, AsyncLocks with an asyncio one (got "
+                f"{type(locks).__name__} with {type(redis_client).__name__})"
+            )
         self.client = redis_client
         self.namespace = namespace
         self.loader = loader

@@ -475,6 +475,11 @@ def idempotent(
         )
         if inspect.iscoroutinefunction(fn):
             return cast(F, _async_wrapper(fn, guard))
+        if getattr(store, "is_async", False):  # else the first call fails inside with a bare TypeError
+            raise InvalidArgumentError(
+                f"{getattr(fn, '__qualname__', fn)!r} is a plain function but its store is on an asyncio Redis "
+                "client: give it a store on a sync client (or make the function async)"
+            )
         return cast(F, _sync_wrapper(fn, guard))
 
     return decorate

@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from distkit._otel import add_event, tracer_for
 from distkit._redis import AsyncRunner
+from distkit._types import AsyncRedisLike
 from distkit.errors import BackendUnavailableError, InvalidArgumentError, LockTimeoutError
 from distkit.locks.base import LocksBase, LockView, SemaphoreView, check_units
 from distkit.locks.holds import Hold, in_task, task_alive, task_serial
@@ -54,7 +55,7 @@ def _owned(make: Callable[[], Coroutine[Any, Any, T]]) -> Coroutine[Any, Any, T]
     return make() if in_task() else _later(make)
 
 
-class AsyncLocks(LocksBase["AsyncLock", "AsyncSemaphore"]):
+class AsyncLocks(LocksBase["AsyncLock", "AsyncSemaphore", AsyncRedisLike]):
     """:class:`~distkit.locks.Locks` for ``redis.asyncio`` clients (``Redis`` or ``RedisCluster``).
 
     >>> alocks = AsyncLocks(client, namespace="app")                  # doctest: +SKIP
@@ -66,6 +67,7 @@ class AsyncLocks(LocksBase["AsyncLock", "AsyncSemaphore"]):
     semaphore_class: type[AsyncSemaphore]
 
     owner_fns = (task_serial, task_alive)  # the owner is the current asyncio task
+    async_client = True
     hub_class, watchdog_class, runner_class = AsyncHub, AsyncWatchdog, AsyncRunner
 
     def report_lost(self, hold: Hold) -> None:

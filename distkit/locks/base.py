@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from redis.exceptions import ResponseError
 
+from distkit._types import is_async_client
 from distkit.errors import InvalidArgumentError, LockConfigConflictError, LockNotOwnedError, LocksClosedError
 from distkit.locks import flows
 from distkit.locks.flows import Context, lease_of
@@ -32,8 +33,9 @@ if TYPE_CHECKING:
 
 L = TypeVar("L", bound="LockView")
 S = TypeVar("S", bound="SemaphoreView")
+C = TypeVar("C", bound="RedisLike")  # the client kind: Locks take a sync client, AsyncLocks an asyncio one
 
-_live: weakref.WeakSet[LocksBase[Any, Any]] = weakref.WeakSet()
+_live: weakref.WeakSet[LocksBase[Any, Any, Any]] = weakref.WeakSet()
 MAX_NAME_BYTES = 4096
 
 
@@ -69,20 +71,21 @@ def kind_conflict(exc: ResponseError, name: str) -> LockConfigConflictError | No
     )
 
 
-class LocksBase(Generic[L, S]):
+class LocksBase(Generic[L, S, C]):
     """Factory of lock objects over one Redis client and namespace (see :class:`~distkit.locks.Locks`)."""
 
     lock_class: type[L]
     semaphore_class: type[S]
     # set by the sync / asyncio subclass: the caller's serial and liveness check, and the background workers
     owner_fns: ClassVar[tuple[Callable[[], int], Callable[[], Callable[[], bool]]]]
+    async_client: ClassVar[bool]  # which kind of redis-py client the subclass drives
     hub_class: ClassVar[type[Any]]
     watchdog_class: ClassVar[type[Any]]
     runner_class: ClassVar[type[Any]]
 
     def __init__(
         self,
-        client: RedisLike,
+        client: C,
         namespace: str = "distkit",
         *,
         lease_ms: int | None = None,
@@ -95,6 +98,10 @@ class LocksBase(Generic[L, S]):
         _text("namespace", namespace)
         if client is None:
             raise InvalidArgumentError("client is required: pass a redis-py client (Settings.from_env().redis())")
+        if is_async_client(client) != self.async_client:  # else the first acquire fails with a bare TypeError
+            want, other = ("an asyncio", "Locks") if self.async_client else ("a synchronous", "AsyncLocks")
+            raise InvalidArgumentError(f"{type(self).__name__} needs {want} redis-py client, got "
+                                       f"{type(client).__name__}: use {other} for this one")
         self.client = client
         self.namespace = namespace
         lease = lease_of(lease_ms, lease_s)
@@ -242,7 +249,7 @@ atexit.register(_close_all_at_exit)
 class _View:
     """What lock and semaphore views share: the factory, the spec and the ``on_lost`` callback."""
 
-    def __init__(self, locks: LocksBase[Any, Any], spec: Spec) -> None:
+    def __init__(self, locks: LocksBase[Any, Any, Any], spec: Spec) -> None:
         self._locks = locks
         self._spec = spec
         self.on_lost: Callable[[], Any] | None = None
@@ -339,7 +346,7 @@ class SemaphoreView(_View):
 
     _spec: SharedSpec
 
-    def __init__(self, locks: LocksBase[Any, Any], spec: SharedSpec, lease_ms: int | None) -> None:
+    def __init__(self, locks: LocksBase[Any, Any, Any], spec: SharedSpec, lease_ms: int | None) -> None:
         super().__init__(locks, spec)
         self._lease_ms = lease_ms
         self._entered: dict[str, list[str]] = {}  # holder -> permits taken by ``with``
@@ -441,7 +448,7 @@ class ReadWriteLock(Generic[L]):
     a writer may take the read lock (downgrade), a reader asking for the write lock gets
     :class:`~distkit.errors.LockUpgradeError` at once instead of deadlocking against itself."""
 
-    def __init__(self, locks: LocksBase[L, Any], name: str, prefer_writers: bool = False) -> None:
+    def __init__(self, locks: LocksBase[L, Any, Any], name: str, prefer_writers: bool = False) -> None:
         name = locks._name(name)
         self.name = name
         self.prefer_writers = prefer_writers

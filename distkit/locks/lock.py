@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from distkit._otel import add_event, tracer_for
 from distkit._redis import Runner
+from distkit._types import SyncRedisLike
 from distkit.errors import BackendUnavailableError, LockTimeoutError
 from distkit.locks.base import LocksBase, LockView, kind_conflict
 from distkit.locks.holds import Hold, thread_alive, thread_serial
@@ -55,7 +56,7 @@ def map_error(exc: BaseException, name: str) -> BaseException | None:
     return None
 
 
-class Locks(LocksBase["Lock", "Semaphore"]):
+class Locks(LocksBase["Lock", "Semaphore", SyncRedisLike]):
     """Redisson-style locks over one redis-py client (``Redis`` or ``RedisCluster``).
 
     One ``Locks`` owns one pub/sub listener thread (shared by every waiter) and one watchdog thread (renewing
@@ -86,6 +87,7 @@ class Locks(LocksBase["Lock", "Semaphore"]):
     semaphore_class: type[Semaphore]
 
     owner_fns = (thread_serial, thread_alive)  # the owner is the calling thread
+    async_client = False
     hub_class, watchdog_class, runner_class = Hub, Watchdog, Runner
 
     _callbacks: CallbackThreads | None = None  # made on the first loss (again in a forked child)

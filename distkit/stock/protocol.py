@@ -42,11 +42,17 @@ class Stock(Protocol):
     def available(self, sku: str) -> int: ...
 
 
+def _shown(value: object) -> str:
+    """A bad value as an error shows it: a 300 KB order id must not become a 300 KB message in every log line."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} chars)"
+
+
 def check(sku: str, qty: int | None = None, order_id: str | None = None) -> None:
     if not isinstance(sku, str) or not _SKU.match(sku):
-        raise InvalidArgumentError(f"sku must be 1-100 of [A-Za-z0-9._:-], got {sku!r}")
+        raise InvalidArgumentError(f"sku must be 1-100 of [A-Za-z0-9._:-], got {_shown(sku)}")
     if qty is not None and (isinstance(qty, bool) or not isinstance(qty, int) or qty < 1 or qty > 10**9):
         raise InvalidArgumentError(f"qty must be an int from 1 to 10**9, got {qty!r}")
     if order_id is not None and (not isinstance(order_id, str) or not order_id or len(order_id) > 200
                                  or order_id.startswith("__")):
-        raise InvalidArgumentError(f"order_id must be 1-200 characters not starting with '__', got {order_id!r}")
+        raise InvalidArgumentError(f"order_id must be 1-200 characters not starting with '__', got {_shown(order_id)}")

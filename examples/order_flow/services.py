@@ -12,6 +12,8 @@ from collections.abc import Mapping
 
 from sqlalchemy import BigInteger, Column, Connection, Engine, Integer, MetaData, String, Table, func, select
 
+from distkit.errors import InvalidArgumentError
+
 
 class OrderRejected(Exception):
     """A business refusal (not a fault): retrying would not help, so the saga fails the step at once."""
@@ -57,6 +59,8 @@ class Ledger:
 
     def take(self, conn: Connection, order_id: int, account: str, n: int) -> None:
         """Remove ``n`` from ``account`` in the caller's transaction; raise ``shortage`` if it has less."""
+        if n <= 0:  # taking -3 would be a credit: an order for -3 teas must not pay the buyer
+            raise InvalidArgumentError(f"order {order_id}: cannot take {n} from {account}, only a positive amount")
         t = self.accounts
         done = conn.execute(t.update().where(t.c.account == account, t.c.amount >= n).values(amount=t.c.amount - n))
         if done.rowcount != 1:

@@ -36,14 +36,14 @@ def main(wiring: Wiring | None = None, *, mailer: Mailer | None = None, threshol
 
         result = flow.submit(ok_id, user, runtime_s=0.1)
         story.step(f"{ok_id}: UI and MD records created, Abinitio answered -> saga {result.status.value}")
-        mailed = _wait(lambda: flow.notifier.count(ok_id)["all-ready"] == 1)
+        mailed = _wait(lambda: all(flow.handled[(s, ok_id)] >= 1 for s in ("ui", "md")))
         ui, md = flow.ui.get(ok_id) or {}, flow.md.get(ok_id) or {}
         story.step(f"{ok_id}: UI {ui.get('status')}, MD {md.get('status')}, 'all ready' mailed")
         first = flow.notifier.count(ok_id)
 
         flow.batch.republish(ok_id, redeliveries)
         story.step(f"{ok_id}: the same result event published {redeliveries} more time(s)")
-        redelivered = _wait(lambda: all(flow.deliveries[(s, ok_id)] == 1 + redeliveries for s in ("ui", "md")))
+        redelivered = _wait(lambda: all(flow.handled[(s, ok_id)] == 1 + redeliveries for s in ("ui", "md")))
         after = flow.notifier.count(ok_id)
         got = {s: flow.deliveries[(s, ok_id)] for s in ("ui", "md")}
         updates = {s: flow.updates[(s, ok_id)] for s in ("ui", "md")}

@@ -71,6 +71,7 @@ class ScenarioFlow:
         self.request_traces: dict[str, str] = {}
         self.seen_traces: dict[tuple[str, str], set[str]] = defaultdict(set)  # (system, request) -> trace ids
         self.deliveries: Counter[tuple[str, str]] = Counter()
+        self.handled: Counter[tuple[str, str]] = Counter()  # deliveries whose handler returned
         self.updates: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,6 +99,8 @@ class ScenarioFlow:
             row = system.get(rid)
             if row is not None and row["status"] == DONE:  # also after a crash between commit and mail
                 self.notifier.system_done(rid, system.name, row["user_email"])
+            with self._lock:
+                self.handled[(system.name, rid)] += 1  # this delivery's mails are out: a check may count them now
 
         return handle
 

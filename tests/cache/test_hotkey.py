@@ -376,3 +376,20 @@ def test_l1_off_reads_redis_every_time_and_starts_no_listener(make_cache: Any) -
     assert cache.stats.l2_hits == 1 and cache.stats.l1_hits == 0
     other.set("k", 7)
     assert cache.get("k") == 7  # no L1 copy to invalidate
+
+
+def test_locks_of_the_other_kind_are_refused_not_silently_skipped() -> None:
+    """``HotKeyCache(sync_client, locks=AsyncLocks(...))`` type-checked and was accepted: each reload then called
+    the async lock's ``acquire()``, got an un-awaited coroutine (truthy) and loaded without the read lock."""
+    import fakeredis
+
+    from distkit.cache import AsyncHotKeyCache
+    from distkit.locks import AsyncLocks, Locks
+
+    alocks, locks = AsyncLocks(fakeredis.FakeAsyncRedis()), Locks(fakeredis.FakeRedis())
+    with pytest.raises(InvalidCacheConfigError, match="locks= must match the client"):
+        HotKeyCache(fakeredis.FakeRedis(), loader=lambda key: 1, locks=alocks)
+    with pytest.raises(InvalidCacheConfigError, match="locks= must match the client"):
+        AsyncHotKeyCache(fakeredis.FakeAsyncRedis(), locks=locks)
+    HotKeyCache(fakeredis.FakeRedis(), loader=lambda key: 1, locks=locks).close()
+    locks.close()

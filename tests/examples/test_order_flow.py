@@ -226,3 +226,20 @@ def test_service_crash_between_steps_is_rolled_back_by_its_successor(shop: Shop)
     assert shop.users.changes(order_id) == [-1200, 1200] and shop.goods.changes(order_id) == [-1, 1]
     assert shop.users.amounts() == {"carol": 5000} and shop.goods.amounts() == {"tea": 5}
     assert shop.read_all().seen == Counter()
+
+
+@pytest.mark.parametrize(("qty", "amount"), [(-3, -1200), (1, -1200), (-1, 1200), (0, 1200), (1, 0)])
+def test_an_order_for_a_negative_or_zero_quantity_changes_nothing(shop: Shop, qty: int, amount: int) -> None:
+    """An order for -3 teas at -1200 was COMPLETED: it paid the buyer 1200, put 3 teas on the shelf and
+    published the order. A take of a non-positive amount is a credit in disguise: refused, nothing moves."""
+    shop.users.open_accounts({"carol": 5000})
+    shop.goods.open_accounts({"tea": 5})
+    svc = shop.service()
+    try:
+        bad = svc.place("carol", "tea", qty, amount)
+    finally:
+        svc.close()
+    assert not bad.placed and "InvalidArgumentError" in (bad.error or ""), bad
+    assert shop.users.amounts() == {"carol": 5000} and shop.goods.amounts() == {"tea": 5}
+    assert shop.users.total() == 5000 and shop.goods.total() == 5
+    assert shop.read_all().seen == Counter()

@@ -176,3 +176,28 @@ def test_mail_failure_after_the_update_is_retried_by_redelivery(
         assert flow.deliveries[("md", "flaky-1")] == 1 and flow.updates[("md", "flaky-1")] == 1
     finally:
         flow.close()
+
+
+def test_the_apps_own_check_catches_a_second_mail_sent_by_a_slow_redelivery(
+    wiring: Wiring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app read its mail count as soon as the redelivery was *received*, before its handler had mailed: with
+    the UI mail's idempotency broken on purpose and a slow mail server, the duplicate mail went out after the
+    check and "redelivered event: no second mail" held (4 runs out of 4 with 50 ms per mail)."""
+    from examples._story import InvariantFailed
+    from examples.scenario_flow import notify
+
+    made = notify.Notifier.__init__
+
+    def without_ui_idempotency(self: notify.Notifier, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        guarded = self._mail
+        self._mail = lambda key, *a: self._send(key, *a) if key.endswith(":ui") else guarded(key, *a)
+
+    class SlowMailer:  # a mail server that takes its time over the UI mails
+        def send(self, to: str, subject: str, body: str) -> None:
+            time.sleep(0.3 if "UI:" in subject else 0.0)
+
+    monkeypatch.setattr(notify.Notifier, "__init__", without_ui_idempotency)
+    with pytest.raises(InvariantFailed, match="redelivered event"):
+        main(wiring, mailer=SlowMailer(), threshold_s=1.0)

@@ -99,7 +99,7 @@ ServiceRegistry(redis.Redis())
 RedisWorkerLease(redis.Redis(), "ns")
 RedisStock(redis.Redis())
 LockedDbStock(create_engine("sqlite://"), Locks(redis.Redis()))
-HotKeyCache(redis.Redis(), locks=AsyncLocks(aredis.Redis()))
+HotKeyCache(redis.Redis(), locks=Locks(redis.Redis()))
 idempotent(RedisIdempotencyStore(aredis.Redis()), key="id")
 SagaCoordinator(MemorySagaLog(), broker=InMemoryBroker())
 RedisBackend(aredis.Redis())  # line 28: each line below passes the wrong kind of object
@@ -112,6 +112,8 @@ LockedDbStock(create_engine("sqlite://"), object())
 HotKeyCache(redis.Redis(), locks=object())
 idempotent(object(), key="id")
 SagaCoordinator(MemorySagaLog(), broker=object())  # line 37
+Locks(aredis.Redis())
+AsyncLocks(redis.Redis())  # line 39
 '''
 
 
@@ -125,5 +127,18 @@ def test_public_signatures_take_protocols_not_any(tmp_path):
     path.write_text(PUBLIC_SIGNATURES)
     out, err, status = api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / ".mypy"), str(path)])
     errors = sorted({int(m.group(1)) for m in re.finditer(r"usage\.py:(\d+): error:", out)})
-    assert errors == list(range(28, 38)), out + err
+    assert errors == list(range(28, 40)), out + err
     assert status == 1
+
+
+def test_locks_refuse_the_wrong_kind_of_client_at_once():
+    """``Locks(redis.asyncio.Redis())`` and ``AsyncLocks(redis.Redis())`` type-checked and were accepted, then the
+    first acquire failed deep inside with a bare ``TypeError`` ('coroutine' object is not subscriptable)."""
+    from distkit.errors import InvalidArgumentError
+    from distkit.locks import AsyncLocks, Locks
+
+    with pytest.raises(InvalidArgumentError, match="AsyncLocks"):
+        Locks(aredis.Redis())  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="Locks"):
+        AsyncLocks(redis.Redis())  # type: ignore[arg-type]
+    Locks(fakeredis.FakeRedis()).close()

@@ -815,3 +815,21 @@ def test_black_holed_redis_answers_within_the_stores_timeout(direct):
     assert outcome, "still blocked after timeout_s + 1 s"
     took, exc = outcome[0]
     assert isinstance(exc, IdempotencyStoreError) and took < 1.0 + 0.25
+
+
+def test_a_plain_function_with_a_store_on_an_asyncio_client_is_refused_at_decoration() -> None:
+    """It type-checked (the store takes either kind of client) and was accepted; its first call then failed deep
+    inside with a bare TypeError ('coroutine' object is not subscriptable)."""
+    import fakeredis
+
+    from distkit.errors import InvalidArgumentError
+    from distkit.idempotency import RedisIdempotencyStore, idempotent
+
+    store = RedisIdempotencyStore(fakeredis.FakeAsyncRedis())
+    with pytest.raises(InvalidArgumentError, match="plain function"):
+        idempotent(store, key="k")(lambda k: k)
+
+    async def handler(k: str) -> str:
+        return k
+
+    idempotent(store, key="k")(handler)  # the asyncio kind is fine

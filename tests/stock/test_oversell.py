@@ -128,3 +128,15 @@ def test_bad_input_and_unloaded_skus_are_typed(strategy: str, redis_client: Any,
     assert stock.restore("sku-b", "big") == 2 and stock.available("sku-b") == 2
     assert stock.restore("sku-b", "nobody") == 0
     assert stock.try_deduct("sku-b", 1, order_id="nobody") is False  # restored (cancelled) before it arrived
+
+
+def test_a_huge_bad_order_id_or_sku_is_not_echoed_whole_into_the_error() -> None:
+    """A client sending a 300 KB order id got it back in full in the InvalidArgumentError (and in every log
+    line that prints it)."""
+    from distkit.errors import InvalidArgumentError
+    from distkit.stock.protocol import check
+
+    for kwargs in ({"sku": "a", "order_id": "x" * 300_000}, {"sku": "é" * 300_000}):
+        with pytest.raises(InvalidArgumentError) as info:
+            check(**kwargs)  # type: ignore[arg-type]
+        assert len(str(info.value)) < 200 and "300002 chars" in str(info.value)
