@@ -1,13 +1,6 @@
-"""The request's saga and the systems around it, wired on one :class:`~examples._wiring.Wiring`.
-
-Saga ``scenario_request``: ``ui_init`` and ``md_init`` (:class:`~distkit.saga.SqlStep`: each record commits
-with the saga log's own record of the step, exactly once), then ``abinitio``, a
-:class:`~distkit.saga.RemoteStep` whose ``timeout_s`` is the threshold: no reply in time → the step timed out →
-the saga compensates in reverse (the batch job is killed, MD's record CANCELLED, UI's record FAILED) and
-the user is mailed from the coordinator's ``compensated`` event. The UI's record is the request's status:
-a result that reaches a system before that system's compensation wins there (conditional updates), so a
-job finishing just after the threshold can leave MD's record DONE while the request is FAILED.
-"""
+"""The request's flow on one :class:`~examples._wiring.Wiring`: the UI and MD systems, the batch system, the saga
+(:mod:`~examples.scenario_flow.request_saga`: its steps, and the rule deciding a late request) and three consumer
+groups."""
 
 from __future__ import annotations
 
@@ -21,23 +14,14 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from distkit.idempotency import Inbox
 from distkit.messaging import Message
-from distkit.saga import (
-    Command,
-    RemoteStep,
-    Saga,
-    SagaCoordinator,
-    SagaEvent,
-    SagaResult,
-    SqlSagaLog,
-    SqlStep,
-    reply_for,
-)
+from distkit.saga import Command, SagaCoordinator, SagaEvent, SagaResult, SqlSagaLog, reply_for
 from distkit.tracing import request_context, traced_handler
 from examples._wiring import Wiring
 from examples.scenario_flow.batch import BatchSystem
 from examples.scenario_flow.consumer import consume
 from examples.scenario_flow.mail import Mailer
 from examples.scenario_flow.notify import Notifier
+from examples.scenario_flow.request_saga import request_saga
 from examples.scenario_flow.systems import DONE, SystemDb
 
 
@@ -60,11 +44,8 @@ class ScenarioFlow:
         self.md = SystemDb("md", engine, wiring.table("md_requests"), inbox, cancelled="CANCELLED")
         self.notifier = Notifier(wiring.redis, mailer, ns, ("ui", "md"))
         self.batch = BatchSystem(broker, self.results, f"{ns}-abinitio", self.tracing)
-        self.saga = Saga("scenario_request", steps=[
-            SqlStep("ui_init", action=self.ui.init_step, compensate=self.ui.cancel_step),
-            SqlStep("md_init", action=self.md.init_step, compensate=self.md.cancel_step),
-            RemoteStep("abinitio", command_topic=self.jobs, reply_topic=self.replies, timeout_s=threshold_s),
-        ])
+        self.saga = request_saga(self.ui, self.md, self.notifier, jobs=self.jobs, replies=self.replies,
+                                 threshold_s=threshold_s)
         self.log = SqlSagaLog(engine, table=wiring.table("sagas"))
         self.coord = SagaCoordinator(self.log, broker, reply_group=f"{ns}-saga-replies", on_event=self._on_event)
         self.events: list[SagaEvent] = []
@@ -80,9 +61,6 @@ class ScenarioFlow:
     def _on_event(self, ev: SagaEvent) -> None:
         with self._lock:
             self.events.append(ev)
-        row = self.ui.get(ev.saga_id) if ev.kind == "compensated" else None
-        if row is not None and row["status"] == "FAILED":  # not if a result reached the UI before the compensation
-            self.notifier.failed(ev.saga_id, row["user_email"])
 
     def handler(self, system: SystemDb) -> Callable[[Message], None]:
         """``system``'s consumer of the batch result: one update, one mail, the trace id it ran under."""
@@ -105,7 +83,7 @@ class ScenarioFlow:
         return handle
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Start the three consumer groups and wait until each one, and the saga's reply listener, reads."""
+        """Start the three consumer groups, wait until each one and the saga's reply listener read."""
         self.coord.register(self.saga)
         groups = [("abinitio", self.jobs, self.batch.handle), ("ui", self.results, self.handler(self.ui)),
                   ("md", self.results, self.handler(self.md))]

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from distkit.messaging import Message
+from distkit.saga import SagaEvent
 from examples._wiring import Wiring
 from examples.scenario_flow import main
 from examples.scenario_flow.flow import ScenarioFlow
@@ -201,3 +202,67 @@ def test_the_apps_own_check_catches_a_second_mail_sent_by_a_slow_redelivery(
     monkeypatch.setattr(notify.Notifier, "__init__", without_ui_idempotency)
     with pytest.raises(InvariantFailed, match="redelivered event"):
         main(wiring, mailer=SlowMailer(), threshold_s=1.0)
+
+
+class FailedMailFailsOnce:
+    """The SMTP mailer, except that the first "failed" mail fails (the mail server hung up)."""
+
+    def __init__(self, inner: SmtpMailer) -> None:
+        self.inner, self.failures = inner, 0
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        if "failed" in subject and self.failures == 0:
+            self.failures += 1
+            raise smtplib.SMTPServerDisconnected("connection unexpectedly closed")
+        self.inner.send(to, subject, body)
+
+
+def _statuses(flow: ScenarioFlow, request_id: str) -> list[Any]:
+    return [(flow.ui.get(request_id) or {}).get("status"), (flow.md.get(request_id) or {}).get("status")]
+
+
+def test_failed_mail_is_retried_after_a_mail_server_error(wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]) -> None:
+    """The "failed" mail went out from the coordinator's ``compensated`` hook, whose errors are logged and dropped:
+    one SMTP error meant no "failed" mail at all. It is sent from the UI's compensation now, which is retried."""
+    drop, mailer = smtp
+    flaky = FailedMailFailsOnce(mailer)
+    flow = ScenarioFlow(wiring, flaky, threshold_s=0.5)
+    try:
+        flow.start()
+        assert flow.submit("smtp-1", "kim@example.com", runtime_s=30).status.value == "COMPENSATED"
+        assert flaky.failures == 1
+        assert drop.kinds("smtp-1") == {"failed": 1}
+        assert _statuses(flow, "smtp-1") == ["FAILED", "CANCELLED"]
+        assert flow.compensations("smtp-1") == {"abinitio": 1, "md_init": 1, "ui_init": 1}
+    finally:
+        flow.close()
+
+
+class ResultAtTheThreshold(ScenarioFlow):
+    """The batch job finished just as the step timed out: its result reaches the UI before any compensation,
+    and MD only after MD's compensation (forced from the saga's own events, no timing involved)."""
+
+    def _on_event(self, ev: SagaEvent) -> None:
+        super()._on_event(ev)
+        if ev.kind == "step_failed" and ev.step == "abinitio":
+            self.handler(self.ui)(_result_event(ev.saga_id))
+        elif ev.kind == "step_compensated" and ev.step == "md_init":
+            self.handler(self.md)(_result_event(ev.saga_id))
+
+
+def test_result_reaching_the_ui_before_its_compensation_completes_the_request(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]
+) -> None:
+    """The UI's record decides: it got the result first, so the request is DONE, MD follows (its compensation
+    leaves the record to the result on its way) and the user gets "all ready". Before, MD's record was CANCELLED
+    and the user got neither "all ready" nor "failed"."""
+    drop, mailer = smtp
+    flow = ResultAtTheThreshold(wiring, mailer, threshold_s=0.5)
+    try:
+        flow.start()
+        assert flow.submit("edge-1", "lin@example.com", runtime_s=30).status.value == "COMPENSATED"
+        assert _statuses(flow, "edge-1") == ["DONE", "DONE"]
+        assert drop.kinds("edge-1") == {"ui": 1, "md": 1, "all-ready": 1}
+        assert flow.updates == {("ui", "edge-1"): 1, ("md", "edge-1"): 1}
+    finally:
+        flow.close()
