@@ -6,23 +6,39 @@ Mails are counted where the user would receive them: per request, exactly one UI
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from distkit.messaging import Message
-from distkit.saga import SagaEvent
+from distkit.saga import SagaEvent, SagaStatus
 from examples._wiring import Wiring
 from examples.scenario_flow import main
 from examples.scenario_flow.flow import ScenarioFlow
 from examples.scenario_flow.mail import SmtpMailer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _until(cond: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class MailDrop:
@@ -266,3 +282,79 @@ def test_result_reaching_the_ui_before_its_compensation_completes_the_request(
         assert flow.updates == {("ui", "edge-1"): 1, ("md", "edge-1"): 1}
     finally:
         flow.close()
+
+
+def _statuses_of(wiring: Wiring, request_id: str) -> list[Any]:
+    from sqlalchemy import text
+
+    with wiring.engine.connect() as conn:
+        return [conn.execute(text(f"SELECT status FROM {wiring.table(t)} WHERE request_id = :r"),
+                             {"r": request_id}).scalar() for t in ("ui_requests", "md_requests")]
+
+
+CHILD = """
+import sys
+from sqlalchemy import create_engine
+from distkit.config import Settings
+from distkit.messaging.kafka import KafkaBroker
+from examples._wiring import Wiring
+from examples.scenario_flow.flow import ScenarioFlow
+from examples.scenario_flow.mail import SmtpMailer
+
+namespace, schema, port, request_id = sys.argv[1:5]
+s = Settings.from_env()
+broker = KafkaBroker(s.kafka_bootstrap, config={"group.instance.id": namespace})
+engine = create_engine(s.database_url, connect_args={"options": f"-csearch_path={schema}"})
+flow = ScenarioFlow(Wiring(redis=s.redis(), broker=broker, engine=engine, namespace=namespace, embedded=False,
+                           settings=s), SmtpMailer("127.0.0.1", int(port)), threshold_s=120)
+flow.start()
+print("started", flush=True)
+flow.submit(request_id, "max@example.com", runtime_s=120)
+"""
+
+
+@pytest.mark.slow
+def test_a_restarted_flow_finishes_the_saga_of_a_killed_one(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer], pg_schema: str, kafka_bootstrap: str
+) -> None:
+    """A process running the flow is SIGKILLed while its saga waits for the batch result; a new flow on the same
+    namespace takes the saga over once its lease runs out: the request FAILED, each compensation once, one mail.
+    Both use one static Kafka group member id, so the new consumers take the dead ones' partitions at once
+    instead of after the session timeout (as a restarted pod with a stable identity would)."""
+    from distkit.messaging.kafka import KafkaBroker
+    from distkit.saga import SqlSagaLog
+
+    drop, mailer = smtp
+    rid, ns = "kill-1", wiring.namespace
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, ns, pg_schema, str(mailer.port), rid], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, text=True)
+    flow: ScenarioFlow | None = None
+    broker = KafkaBroker(kafka_bootstrap, config={"group.instance.id": ns})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "started"
+        saga_log = SqlSagaLog(wiring.engine, table=wiring.table("sagas"))
+
+        def waiting_for_the_batch() -> bool:
+            rec = saga_log.get(rid)
+            return rec is not None and rec.step("abinitio")["state"] == "RUNNING"
+
+        assert _until(waiting_for_the_batch, 20)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+        assert _statuses_of(wiring, rid) == ["PENDING", "PENDING"]
+
+        restarted = Wiring(redis=wiring.redis, broker=broker, engine=wiring.engine, namespace=ns, embedded=False,
+                           settings=wiring.settings)
+        flow = new = ScenarioFlow(restarted, mailer, threshold_s=0.5)
+        new.start()
+        assert _until(lambda: new.coord.status(rid) == SagaStatus.COMPENSATED, 15), new.coord.status(rid)
+        assert _statuses(flow, rid) == ["FAILED", "CANCELLED"]
+        assert flow.compensations(rid) == {"abinitio": 1, "md_init": 1, "ui_init": 1}
+        assert drop.kinds(rid) == {"failed": 1} and len(drop.mails) == 1
+    finally:
+        if child.poll() is None:
+            child.kill()
+        if flow is not None:
+            flow.close()
+        broker.close()
