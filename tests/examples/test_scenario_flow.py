@@ -237,16 +237,28 @@ def _statuses(flow: ScenarioFlow, request_id: str) -> list[Any]:
     return [(flow.ui.get(request_id) or {}).get("status"), (flow.md.get(request_id) or {}).get("status")]
 
 
-def test_failed_mail_is_retried_after_a_mail_server_error(wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]) -> None:
+def test_failed_mail_is_retried_after_a_mail_server_error(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The "failed" mail went out from the coordinator's ``compensated`` hook, whose errors are logged and dropped:
-    one SMTP error meant no "failed" mail at all. It is sent from the UI's compensation now, which is retried."""
+    one SMTP error meant no "failed" mail at all. It is sent from the UI's compensation now, which is retried; and
+    a compensation that mailed but did not commit (here its log write fails, as in a crash) mails no second time."""
     drop, mailer = smtp
     flaky = FailedMailFailsOnce(mailer)
     flow = ScenarioFlow(wiring, flaky, threshold_s=0.5)
+    write, lost = flow.log.write, []
+
+    def write_once_lost(record: Any, *, connection: Any = None) -> Any:
+        if record.step("ui_init")["state"] == "COMPENSATED" and not lost:  # after the mail, before the commit
+            lost.append(record.version)
+            raise ConnectionResetError("database connection lost before the commit")
+        return write(record, connection=connection)
+
+    monkeypatch.setattr(flow.log, "write", write_once_lost)
     try:
         flow.start()
         assert flow.submit("smtp-1", "kim@example.com", runtime_s=30).status.value == "COMPENSATED"
-        assert flaky.failures == 1
+        assert flaky.failures == 1 and len(lost) == 1
         assert drop.kinds("smtp-1") == {"failed": 1}
         assert _statuses(flow, "smtp-1") == ["FAILED", "CANCELLED"]
         assert flow.compensations("smtp-1") == {"abinitio": 1, "md_init": 1, "ui_init": 1}
