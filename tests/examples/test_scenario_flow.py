@@ -363,6 +363,7 @@ def test_a_restarted_flow_finishes_the_saga_of_a_killed_one(
         assert _until(lambda: new.coord.status(rid) == SagaStatus.COMPENSATED, 15), new.coord.status(rid)
         assert _statuses(flow, rid) == ["FAILED", "CANCELLED"]
         assert flow.compensations(rid) == {"abinitio": 1, "md_init": 1, "ui_init": 1}
+        assert new.batch.cancelled == [rid]  # the resumed saga's job, killed once
         assert drop.kinds(rid) == {"failed": 1} and len(drop.mails) == 1
     finally:
         if child.poll() is None:
