@@ -246,16 +246,24 @@ class SagaCoordinator:
         return out
 
     def _take_over(self, saga_id: str) -> SagaResult | None:
-        rec = self.log.claim(saga_id, self.owner, self._now_ms(), self.lease_ms)
-        if rec is None:
-            return None  # another coordinator got it first
-        saga = self._defs.get(rec.name)
-        if saga is None or [s["name"] for s in rec.steps] != [s.name for s in saga.steps]:
-            log.error("saga %s: no matching definition of %r registered; left for another coordinator", saga_id,
-                      rec.name)
-            self.log.renew(self.owner, [saga_id], 0)  # give it back at once
-            return None
-        return self._drive(saga, rec)
+        with self._lock:  # the log's claim accepts its own owner, so only this reservation stops a second driver
+            if saga_id in self._driving:
+                return None  # ours already: a late heartbeat let its lease lapse, or another resume took it
+            self._driving.add(saga_id)
+        try:
+            rec = self.log.claim(saga_id, self.owner, self._now_ms(), self.lease_ms)
+            if rec is None:
+                return None  # another coordinator got it first
+            saga = self._defs.get(rec.name)
+            if saga is None or [s["name"] for s in rec.steps] != [s.name for s in saga.steps]:
+                log.error("saga %s: no matching definition of %r registered; left for another coordinator", saga_id,
+                          rec.name)
+                self.log.renew(self.owner, [saga_id], 0)  # give it back at once
+                return None
+            return self._drive(saga, rec)
+        finally:
+            with self._lock:
+                self._driving.discard(saga_id)
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the heartbeat, the reply listener and the workers (``wait``: let running sagas finish first)."""

@@ -1,13 +1,7 @@
-"""The request's saga and the systems around it, wired on one :class:`~examples._wiring.Wiring`.
-
-Saga ``scenario_request``: ``ui_init`` and ``md_init`` (:class:`~distkit.saga.SqlStep`: each record commits
-with the saga log's own record of the step, exactly once), then ``abinitio``, a
-:class:`~distkit.saga.RemoteStep` whose ``timeout_s`` is the threshold: no reply in time → the step timed out →
-the saga compensates in reverse (the batch job is killed, MD's record CANCELLED, UI's record FAILED) and
-the user is mailed from the coordinator's ``compensated`` event. The UI's record is the request's status:
-a result that reaches a system before that system's compensation wins there (conditional updates), so a
-job finishing just after the threshold can leave MD's record DONE while the request is FAILED.
-"""
+"""The request's flow on one :class:`~examples._wiring.Wiring`: the UI and MD systems, the batch system, the saga
+(:mod:`~examples.scenario_flow.request_saga`: its steps, and the rule deciding a late request) and three consumer
+groups. ``start()`` also resumes the sagas a dead predecessor left waiting: a restarted service takes them over
+once their lease has run out and finishes them (the result, or the compensation and the "failed" mail)."""
 
 from __future__ import annotations
 
@@ -21,24 +15,20 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from distkit.idempotency import Inbox
 from distkit.messaging import Message
-from distkit.saga import (
-    Command,
-    RemoteStep,
-    Saga,
-    SagaCoordinator,
-    SagaEvent,
-    SagaResult,
-    SqlSagaLog,
-    SqlStep,
-    reply_for,
-)
+from distkit.saga import Command, SagaCoordinator, SagaEvent, SagaResult, SqlSagaLog, reply_for
 from distkit.tracing import request_context, traced_handler
 from examples._wiring import Wiring
 from examples.scenario_flow.batch import BatchSystem
-from examples.scenario_flow.consumer import consume
+from examples.scenario_flow.consumer import consume, log
 from examples.scenario_flow.mail import Mailer
 from examples.scenario_flow.notify import Notifier
+from examples.scenario_flow.request_saga import request_saga
 from examples.scenario_flow.systems import DONE, SystemDb
+
+# How long a saga stays its coordinator's after the last heartbeat (one every LEASE_S / 3). Short so that a
+# restarted demo service takes over its predecessor's waiting requests within seconds; a false takeover (a
+# stalled coordinator) only repeats the batch command under the same key, which the batch system ignores.
+LEASE_S = 2.0
 
 
 def _trace_id() -> str:
@@ -60,13 +50,11 @@ class ScenarioFlow:
         self.md = SystemDb("md", engine, wiring.table("md_requests"), inbox, cancelled="CANCELLED")
         self.notifier = Notifier(wiring.redis, mailer, ns, ("ui", "md"))
         self.batch = BatchSystem(broker, self.results, f"{ns}-abinitio", self.tracing)
-        self.saga = Saga("scenario_request", steps=[
-            SqlStep("ui_init", action=self.ui.init_step, compensate=self.ui.cancel_step),
-            SqlStep("md_init", action=self.md.init_step, compensate=self.md.cancel_step),
-            RemoteStep("abinitio", command_topic=self.jobs, reply_topic=self.replies, timeout_s=threshold_s),
-        ])
+        self.saga = request_saga(self.ui, self.md, self.notifier, jobs=self.jobs, replies=self.replies,
+                                 threshold_s=threshold_s)
         self.log = SqlSagaLog(engine, table=wiring.table("sagas"))
-        self.coord = SagaCoordinator(self.log, broker, reply_group=f"{ns}-saga-replies", on_event=self._on_event)
+        self.coord = SagaCoordinator(self.log, broker, reply_group=f"{ns}-saga-replies", on_event=self._on_event,
+                                     lease_s=LEASE_S)
         self.events: list[SagaEvent] = []
         self.request_traces: dict[str, str] = {}
         self.seen_traces: dict[tuple[str, str], set[str]] = defaultdict(set)  # (system, request) -> trace ids
@@ -80,9 +68,16 @@ class ScenarioFlow:
     def _on_event(self, ev: SagaEvent) -> None:
         with self._lock:
             self.events.append(ev)
-        row = self.ui.get(ev.saga_id) if ev.kind == "compensated" else None
-        if row is not None and row["status"] == "FAILED":  # not if a result reached the UI before the compensation
-            self.notifier.failed(ev.saga_id, row["user_email"])
+
+    def _resume(self) -> None:
+        """Every half lease: take over (and finish) the sagas whose coordinator died, e.g. this one's predecessor."""
+        while True:
+            try:
+                self.coord.resume_pending()
+            except Exception:  # logged; the next round tries again
+                log.exception("resuming pending sagas failed")
+            if self._stop.wait(LEASE_S / 2):
+                return
 
     def handler(self, system: SystemDb) -> Callable[[Message], None]:
         """``system``'s consumer of the batch result: one update, one mail, the trace id it ran under."""
@@ -105,7 +100,7 @@ class ScenarioFlow:
         return handle
 
     def start(self, timeout_s: float = 30.0) -> None:
-        """Start the three consumer groups and wait until each one, and the saga's reply listener, reads."""
+        """Start the three consumer groups, wait until each one and the saga's reply listener read, then resume."""
         self.coord.register(self.saga)
         groups = [("abinitio", self.jobs, self.batch.handle), ("ui", self.results, self.handler(self.ui)),
                   ("md", self.results, self.handler(self.md))]
@@ -117,14 +112,17 @@ class ScenarioFlow:
             t.start()
             self._threads.append(t)
             ready.append(ev)
-        probe = Command("probe", "probe", "action", 1, "probe", {}, self.replies)  # a no-op reply to no saga
+        probe = Command(f"probe-{self.coord.owner}", "probe", "action", 1, "probe", {}, self.replies)  # to no saga
         with self.wiring.broker.transactional_producer(f"{self.wiring.namespace}-probe") as tx:
             tx.send(self.replies, reply_for(probe), key="probe")
         deadline = time.monotonic() + timeout_s
-        while not (all(ev.is_set() for ev in ready) and self.log.get_reply("probe", "probe", "action", 1)):
+        while not (all(ev.is_set() for ev in ready) and self.log.get_reply(probe.saga_id, "probe", "action", 1)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"consumers not reading after {timeout_s} s")
             time.sleep(0.05)
+        resumer = threading.Thread(target=self._resume, name="scenario-resume", daemon=True)
+        resumer.start()
+        self._threads.append(resumer)
 
     def submit(self, request_id: str, user: str, runtime_s: float) -> SagaResult:
         """The UI request: a root span, then the saga in this thread (so its commands carry the trace)."""

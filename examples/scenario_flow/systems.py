@@ -62,7 +62,12 @@ class SystemDb:
         """Its compensation: a pending record becomes ``cancelled`` (an empty compensation changes nothing)."""
         return self.cancel(ctx.connection, ctx.saga_id, self.cancelled)
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(self.table).where(self.table.c.request_id == request_id)).mappings().first()
+    def get(self, request_id: str, conn: Any = None) -> dict[str, Any] | None:
+        """The record, read on ``conn`` if given (a compensation sees its own transaction's change)."""
+        query = select(self.table).where(self.table.c.request_id == request_id)
+        if conn is not None:
+            row = conn.execute(query).mappings().first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).mappings().first()
         return dict(row) if row is not None else None

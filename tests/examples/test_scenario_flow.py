@@ -6,22 +6,39 @@ Mails are counted where the user would receive them: per request, exactly one UI
 
 from __future__ import annotations
 
+import os
+import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from distkit.messaging import Message
+from distkit.saga import SagaEvent, SagaStatus
 from examples._wiring import Wiring
 from examples.scenario_flow import main
 from examples.scenario_flow.flow import ScenarioFlow
 from examples.scenario_flow.mail import SmtpMailer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _until(cond: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 class MailDrop:
@@ -201,3 +218,156 @@ def test_the_apps_own_check_catches_a_second_mail_sent_by_a_slow_redelivery(
     monkeypatch.setattr(notify.Notifier, "__init__", without_ui_idempotency)
     with pytest.raises(InvariantFailed, match="redelivered event"):
         main(wiring, mailer=SlowMailer(), threshold_s=1.0)
+
+
+class FailedMailFailsOnce:
+    """The SMTP mailer, except that the first "failed" mail fails (the mail server hung up)."""
+
+    def __init__(self, inner: SmtpMailer) -> None:
+        self.inner, self.failures = inner, 0
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        if "failed" in subject and self.failures == 0:
+            self.failures += 1
+            raise smtplib.SMTPServerDisconnected("connection unexpectedly closed")
+        self.inner.send(to, subject, body)
+
+
+def _statuses(flow: ScenarioFlow, request_id: str) -> list[Any]:
+    return [(flow.ui.get(request_id) or {}).get("status"), (flow.md.get(request_id) or {}).get("status")]
+
+
+def test_failed_mail_is_retried_after_a_mail_server_error(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "failed" mail went out from the coordinator's ``compensated`` hook, whose errors are logged and dropped:
+    one SMTP error meant no "failed" mail at all. It is sent from the UI's compensation now, which is retried; and
+    a compensation that mailed but did not commit (here its log write fails, as in a crash) mails no second time."""
+    drop, mailer = smtp
+    flaky = FailedMailFailsOnce(mailer)
+    flow = ScenarioFlow(wiring, flaky, threshold_s=0.5)
+    write, lost = flow.log.write, []
+
+    def write_once_lost(record: Any, *, connection: Any = None) -> Any:
+        if record.step("ui_init")["state"] == "COMPENSATED" and not lost:  # after the mail, before the commit
+            lost.append(record.version)
+            raise ConnectionResetError("database connection lost before the commit")
+        return write(record, connection=connection)
+
+    monkeypatch.setattr(flow.log, "write", write_once_lost)
+    try:
+        flow.start()
+        assert flow.submit("smtp-1", "kim@example.com", runtime_s=30).status.value == "COMPENSATED"
+        assert flaky.failures == 1 and len(lost) == 1
+        assert drop.kinds("smtp-1") == {"failed": 1}
+        assert _statuses(flow, "smtp-1") == ["FAILED", "CANCELLED"]
+        assert flow.compensations("smtp-1") == {"abinitio": 1, "md_init": 1, "ui_init": 1}
+    finally:
+        flow.close()
+
+
+class ResultAtTheThreshold(ScenarioFlow):
+    """The batch job finished just as the step timed out: its result reaches the UI before any compensation,
+    and MD only after MD's compensation (forced from the saga's own events, no timing involved)."""
+
+    def _on_event(self, ev: SagaEvent) -> None:
+        super()._on_event(ev)
+        if ev.kind == "step_failed" and ev.step == "abinitio":
+            self.handler(self.ui)(_result_event(ev.saga_id))
+        elif ev.kind == "step_compensated" and ev.step == "md_init":
+            self.handler(self.md)(_result_event(ev.saga_id))
+
+
+def test_result_reaching_the_ui_before_its_compensation_completes_the_request(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer]
+) -> None:
+    """The UI's record decides: it got the result first, so the request is DONE, MD follows (its compensation
+    leaves the record to the result on its way) and the user gets "all ready". Before, MD's record was CANCELLED
+    and the user got neither "all ready" nor "failed"."""
+    drop, mailer = smtp
+    flow = ResultAtTheThreshold(wiring, mailer, threshold_s=0.5)
+    try:
+        flow.start()
+        assert flow.submit("edge-1", "lin@example.com", runtime_s=30).status.value == "COMPENSATED"
+        assert _statuses(flow, "edge-1") == ["DONE", "DONE"]
+        assert drop.kinds("edge-1") == {"ui": 1, "md": 1, "all-ready": 1}
+        assert flow.updates == {("ui", "edge-1"): 1, ("md", "edge-1"): 1}
+    finally:
+        flow.close()
+
+
+def _statuses_of(wiring: Wiring, request_id: str) -> list[Any]:
+    from sqlalchemy import text
+
+    with wiring.engine.connect() as conn:
+        return [conn.execute(text(f"SELECT status FROM {wiring.table(t)} WHERE request_id = :r"),
+                             {"r": request_id}).scalar() for t in ("ui_requests", "md_requests")]
+
+
+CHILD = """
+import sys
+from sqlalchemy import create_engine
+from distkit.config import Settings
+from distkit.messaging.kafka import KafkaBroker
+from examples._wiring import Wiring
+from examples.scenario_flow.flow import ScenarioFlow
+from examples.scenario_flow.mail import SmtpMailer
+
+namespace, schema, port, request_id = sys.argv[1:5]
+s = Settings.from_env()
+broker = KafkaBroker(s.kafka_bootstrap, config={"group.instance.id": namespace})
+engine = create_engine(s.database_url, connect_args={"options": f"-csearch_path={schema}"})
+flow = ScenarioFlow(Wiring(redis=s.redis(), broker=broker, engine=engine, namespace=namespace, embedded=False,
+                           settings=s), SmtpMailer("127.0.0.1", int(port)), threshold_s=120)
+flow.start()
+print("started", flush=True)
+flow.submit(request_id, "max@example.com", runtime_s=120)
+"""
+
+
+@pytest.mark.slow
+def test_a_restarted_flow_finishes_the_saga_of_a_killed_one(
+    wiring: Wiring, smtp: tuple[MailDrop, SmtpMailer], pg_schema: str, kafka_bootstrap: str
+) -> None:
+    """A process running the flow is SIGKILLed while its saga waits for the batch result; a new flow on the same
+    namespace takes the saga over once its lease runs out: the request FAILED, each compensation once, one mail.
+    Both use one static Kafka group member id, so the new consumers take the dead ones' partitions at once
+    instead of after the session timeout (as a restarted pod with a stable identity would)."""
+    from distkit.messaging.kafka import KafkaBroker
+    from distkit.saga import SqlSagaLog
+
+    drop, mailer = smtp
+    rid, ns = "kill-1", wiring.namespace
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, ns, pg_schema, str(mailer.port), rid], cwd=ROOT,
+                             env=env, stdout=subprocess.PIPE, text=True)
+    flow: ScenarioFlow | None = None
+    broker = KafkaBroker(kafka_bootstrap, config={"group.instance.id": ns})
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "started"
+        saga_log = SqlSagaLog(wiring.engine, table=wiring.table("sagas"))
+
+        def waiting_for_the_batch() -> bool:
+            rec = saga_log.get(rid)
+            return rec is not None and rec.step("abinitio")["state"] == "RUNNING"
+
+        assert _until(waiting_for_the_batch, 20)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+        assert _statuses_of(wiring, rid) == ["PENDING", "PENDING"]
+
+        restarted = Wiring(redis=wiring.redis, broker=broker, engine=wiring.engine, namespace=ns, embedded=False,
+                           settings=wiring.settings)
+        flow = new = ScenarioFlow(restarted, mailer, threshold_s=0.5)
+        new.start()
+        assert _until(lambda: new.coord.status(rid) == SagaStatus.COMPENSATED, 15), new.coord.status(rid)
+        assert _statuses(flow, rid) == ["FAILED", "CANCELLED"]
+        assert flow.compensations(rid) == {"abinitio": 1, "md_init": 1, "ui_init": 1}
+        assert new.batch.cancelled == [rid]  # the resumed saga's job, killed once
+        assert drop.kinds(rid) == {"failed": 1} and len(drop.mails) == 1
+    finally:
+        if child.poll() is None:
+            child.kill()
+        if flow is not None:
+            flow.close()
+        broker.close()

@@ -249,3 +249,28 @@ def test_spans_per_step_when_a_tracer_is_configured(saga_log: Any, rec: Recorder
         "saga place_order.create_order action", "saga place_order.deduct_stock compensate",
         "saga place_order.debit_balance compensate",
     ]
+
+
+def test_resume_pending_never_drives_a_saga_this_coordinator_is_driving(saga_log: Any, fake_clock: Any) -> None:
+    """The log's claim accepts the saga's own owner: when a late heartbeat let the lease of a saga this coordinator
+    is driving lapse, its own resume_pending took the saga over and ran the step a second time, concurrently, and
+    the first driver then lost it (SagaOwnershipLostError)."""
+    calls: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def work(ctx: Any) -> str:
+        calls.append(ctx.attempt)
+        if len(calls) == 1:  # the first driver is mid-step
+            entered.set()
+            release.wait(10)
+        return "done"
+
+    saga = Saga("slow", steps=[Step("work", action=work)])
+    with SagaCoordinator(saga_log, lease_s=30, clock=fake_clock) as coord:  # heartbeat every 10 s: not in this test
+        running = coord.start(saga, "own-1")
+        assert entered.wait(10)
+        fake_clock.advance(60_000)  # the lease lapsed while the step runs
+        assert coord.resume_pending() == []
+        release.set()
+        assert running.result(10).ok
+    assert calls == [1]
