@@ -208,10 +208,20 @@ class SagaCoordinator:
             raise InvalidArgumentError(f"saga id {saga_id!r} belongs to saga {existing.name!r}, not {saga.name!r}")
         if existing.status.terminal:
             return _result_of(existing)
-        claimed = self.log.claim(saga_id, self.owner, now, self.lease_ms)
-        if claimed is None:
-            raise SagaBusyError(f"saga {saga_id!r} is being driven by {existing.owner}; try status() or resume later")
-        return self._drive(saga, claimed)
+        with self._lock:  # the log's claim accepts its own owner: only this reservation stops a second driver here
+            if saga_id in self._driving:
+                raise SagaBusyError(f"saga {saga_id!r} is being driven by this coordinator already; wait for it")
+            self._driving.add(saga_id)
+        try:
+            claimed = self.log.claim(saga_id, self.owner, now, self.lease_ms)
+            if claimed is None:
+                raise SagaBusyError(
+                    f"saga {saga_id!r} is being driven by {existing.owner}; try status() or resume later"
+                )
+            return self._drive(saga, claimed)
+        finally:
+            with self._lock:
+                self._driving.discard(saga_id)
 
     def start(self, saga: Saga, saga_id: str, payload: Mapping[str, Any] | None = None) -> Future[SagaResult]:
         """Run in the background; the future gives the :class:`SagaResult`."""

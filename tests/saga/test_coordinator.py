@@ -274,3 +274,27 @@ def test_resume_pending_never_drives_a_saga_this_coordinator_is_driving(saga_log
         release.set()
         assert running.result(10).ok
     assert calls == [1]
+
+
+def test_running_a_saga_id_this_coordinator_is_driving_is_busy_not_a_second_driver(saga_log: Any) -> None:
+    """``run()`` of an id that exists claims it; the claim accepts the coordinator's own owner, so a second
+    ``run``/``start`` of the same id in the same coordinator drove the saga twice, concurrently."""
+    calls: list[int] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def work(ctx: Any) -> str:
+        calls.append(ctx.attempt)
+        entered.set()
+        release.wait(10)
+        return "done"
+
+    saga = Saga("slow-twice", steps=[Step("work", action=work)])
+    with SagaCoordinator(saga_log, lease_s=30) as coord:
+        running = coord.start(saga, "twice-1")
+        assert entered.wait(10)
+        with pytest.raises(SagaBusyError):
+            coord.run(saga, "twice-1")
+        release.set()
+        assert running.result(10).ok
+        assert coord.run(saga, "twice-1").ok  # finished: the stored result, nothing run again
+    assert calls == [1]
