@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from distkit.idgen import Snowflake
 from distkit.messaging.kafka.producer import KafkaTransactionalProducer
 from examples._wiring import Wiring
 from examples.order_flow.app import open_shop
@@ -26,7 +27,8 @@ def main(namespace: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     KafkaTransactionalProducer.commit = commit_then_die  # type: ignore[method-assign]
-    svc = OrderService(wiring, users, goods, lease_s=0.3)
+    # a fixed worker id: no lease wait (this process places one order; the successor places none)
+    svc = OrderService(wiring, users, goods, producers=1, lease_s=0.3, ids=Snowflake(worker_id=31, datacenter_id=3))
     svc.place("carol", "tea", 1, 1200)
     sys.exit("still alive after the commit")
 
