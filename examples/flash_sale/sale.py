@@ -20,12 +20,11 @@ from examples.flash_sale.shop import SOLD, SOLD_OUT
 
 @dataclass
 class SaleResult:
-    """What the buyers were told (per request), how long it took, and the lowest stock seen meanwhile."""
+    """What the buyers were told (per request) and how long it took."""
 
     answers: dict[str, list[str]] = field(default_factory=dict)  # order id -> one answer per delivery
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    lowest_stock: int | None = None
 
     def final(self, order_id: str) -> str:
         """The buyer's outcome over all deliveries of its request: sold beats sold out beats try later."""
@@ -41,9 +40,9 @@ class SaleResult:
 
 
 def run_sale(buy: Callable[[str], str], buyers: int, *, deliveries: int = 1, prefix: str = "order", workers: int = 64,
-             stock_level: Callable[[], int] | None = None, timeout_s: float = 60.0) -> SaleResult:
+             watch: Callable[[], None] | None = None, timeout_s: float = 60.0) -> SaleResult:
     """``buyers`` orders, each request delivered ``deliveries`` times concurrently (a duplicate from a retrying
-    client or gateway) to a server of ``workers`` threads; ``stock_level`` is sampled every few ms meanwhile."""
+    client or gateway) to a server of ``workers`` threads; ``watch()`` runs every few ms meanwhile, and once after."""
     result = SaleResult(answers={f"{prefix}-{i}": [] for i in range(buyers)})
     lock = threading.Lock()
     doors = threading.Event()
@@ -65,16 +64,15 @@ def run_sale(buy: Callable[[str], str], buyers: int, *, deliveries: int = 1, pre
             result.latencies_ms.append((time.perf_counter() - t0) * 1000)
             result.answers[order_id].append(answer)
 
-    def watch_stock() -> None:
-        assert stock_level is not None
+    def watch_sale() -> None:
+        assert watch is not None
         while not done.wait(0.005):
-            level = stock_level()
-            result.lowest_stock = level if result.lowest_stock is None else min(result.lowest_stock, level)
+            watch()
 
     threads = [threading.Thread(target=request, args=(o,), daemon=True) for o in requests]
     for t in threads:
         t.start()
-    watcher = threading.Thread(target=watch_stock, daemon=True) if stock_level else None
+    watcher = threading.Thread(target=watch_sale, daemon=True) if watch else None
     t0 = time.perf_counter()
     doors.set()
     if watcher:
@@ -87,7 +85,6 @@ def run_sale(buy: Callable[[str], str], buyers: int, *, deliveries: int = 1, pre
     server.shutdown(wait=False, cancel_futures=True)
     if watcher:
         watcher.join()
-    if stock_level:
-        level = stock_level()
-        result.lowest_stock = level if result.lowest_stock is None else min(result.lowest_stock, level)
+    if watch:
+        watch()  # the final state, once every answer is in
     return result

@@ -6,9 +6,9 @@ goods' stock (each a :class:`~distkit.saga.SqlStep` on its service's table), and
 Kafka transaction. If any step fails, the saga compensates the steps that succeeded (in reverse order) and the
 Kafka transaction is aborted, so downstream consumers never see the order.
 
-The one window this cannot close: a crash after Kafka's commit but before the saga log records it, after which
-recovery would compensate an order whose event is out (the dual-write problem; docs/messaging.md's outbox
-closes it when the event must follow the database exactly).
+A crash after Kafka's commit but before the saga log records it (the dual-write gap) is closed in recovery:
+the successor's commit step, having no live transaction for the order, asks the topic itself
+(:mod:`~examples.order_flow.recovery`): the event is there -> the order completes; it is not -> roll back.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 from distkit.errors import MessagingError
 from distkit.idgen import RedisWorkerLease, Snowflake
 from distkit.messaging import TransactionalProducer
-from distkit.saga import Saga, SagaCoordinator, SagaStatus, SqlSagaLog, SqlStep, Step, StepContext
+from distkit.saga import RetryPolicy, Saga, SagaCoordinator, SagaStatus, SqlSagaLog, SqlStep, Step, StepContext
 from examples._wiring import Wiring
+from examples.order_flow.recovery import OutcomeUnknown, event_committed
 from examples.order_flow.services import Ledger
 
-# A brand-new lease namespace (every demo run has one) waits one ttl before its first id: the store cannot tell
-# it from one whose marks were lost. 1 s keeps the demo quick and still leaves the renewal thread (every ttl/3)
-# ample slack on a busy machine; a production service would use ~10-30 s and pay the wait once per deployment.
+# A new lease namespace (every demo run has one) waits one ttl before its first id (it may be one whose marks were
+# lost). 1 s keeps the demo quick with ample renewal slack (every ttl/3); production would use ~10-30 s, once.
 ID_LEASE_TTL_S = 1.0
 PARTITIONS = 2
 
@@ -56,8 +56,7 @@ class OrderService:
 
     def __init__(self, wiring: Wiring, users: Ledger, goods: Ledger, *, producers: int = 2,
                  fault: Fault | None = None, lease_s: float = 30.0, ids: Snowflake | None = None) -> None:
-        self.broker = wiring.broker
-        self.topic = wiring.topic("orders")
+        self.broker, self.topic, self.namespace = wiring.broker, wiring.topic("orders"), wiring.namespace
         self.users, self.goods, self._fault, self._own_ids = users, goods, fault, ids is None
         self.ids = ids or Snowflake.from_lease(RedisWorkerLease(wiring.redis, namespace=wiring.namespace,
                                                                 ttl_s=ID_LEASE_TTL_S, mark_ttl_s=600))
@@ -65,7 +64,8 @@ class OrderService:
         self.saga = Saga("place_order", [
             SqlStep("debit_balance", action=self._debit, compensate=self._refund),
             SqlStep("deduct_stock", action=self._deduct, compensate=self._restock),
-            Step("commit_event", action=self._commit),  # the pivot: no compensation, it is the last step
+            # the pivot (no compensation: it is the last step); a recovery that cannot read the topic retries
+            Step("commit_event", action=self._commit, retry=RetryPolicy(5, backoff_s=2.0), retry_on=(OutcomeUnknown,)),
         ])
         self.coordinator = SagaCoordinator(self.log, sagas=[self.saga], lease_s=lease_s)
         self._slots: queue.Queue[str] = queue.Queue()
@@ -105,8 +105,8 @@ class OrderService:
             self.broker.transactional_producer(tid)
 
     def recover(self) -> list[Outcome]:
-        """Finish the sagas a dead order service left behind (once their lease ran out). Their Kafka
-        transactions died with it, so each one's commit step fails and the saga rolls the order back."""
+        """Finish a dead order service's sagas (once their lease ran out): an order whose event is on the topic
+        completes; one whose transaction died uncommitted (aborted when we fenced its ids) is rolled back."""
         return [Outcome(int(r.saga_id.removeprefix("order-")), r.status, r.error)
                 for r in self.coordinator.resume_pending()]
 
@@ -129,21 +129,21 @@ class OrderService:
         self.users.take(ctx.connection, p["order_id"], p["user"], p["amount"])
 
     def _refund(self, ctx: StepContext) -> None:
-        p = dict(ctx.payload)
-        self.users.give_back(ctx.connection, p["order_id"], p["user"], p["amount"])
+        self.users.give_back(ctx.connection, ctx.payload["order_id"], ctx.payload["user"], ctx.payload["amount"])
 
     def _deduct(self, ctx: StepContext) -> None:
         p = self._step(ctx)
         self.goods.take(ctx.connection, p["order_id"], p["sku"], p["qty"])
 
     def _restock(self, ctx: StepContext) -> None:
-        p = dict(ctx.payload)
-        self.goods.give_back(ctx.connection, p["order_id"], p["sku"], p["qty"])
+        self.goods.give_back(ctx.connection, ctx.payload["order_id"], ctx.payload["sku"], ctx.payload["qty"])
 
     def _commit(self, ctx: StepContext) -> None:
         self._step(ctx)
         with self._lock:
             tx = self._open.pop(ctx.saga_id, None)
-        if tx is None:
-            raise RuntimeError(f"{ctx.saga_id}: its Kafka transaction is gone (the service restarted): roll back")
-        tx.commit()  # if this fails, distkit aborts the transaction; the saga then compensates both steps
+        if tx is not None:
+            tx.commit()  # if this fails, distkit aborts the transaction; the saga then compensates both steps
+        elif not event_committed(self.broker, self.topic, PARTITIONS, ctx.saga_id, tids=self._slots,
+                                 group=f"{self.namespace}.audit"):  # recovery (see recover): ask the topic
+            raise RuntimeError(f"{ctx.saga_id}: its Kafka transaction never committed (the service died): roll back")

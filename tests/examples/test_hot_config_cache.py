@@ -18,7 +18,15 @@ import pytest
 from examples._wiring import Wiring
 from examples.hot_config_cache import main
 from examples.hot_config_cache.readers import staleness
-from examples.hot_config_cache.service import CONFIG_KEY, LOCAL_TTL_S, config_cache, loads, publish
+from examples.hot_config_cache.service import (
+    CONFIG_KEY,
+    LOCAL_TTL_S,
+    config_cache,
+    loads,
+    publish,
+    reload_lock_key,
+    settled_loads,
+)
 from examples.hot_config_cache.store import ConfigStore, versions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +103,30 @@ def test_a_process_starting_during_a_save_never_caches_half_of_it(wiring: Wiring
         assert first == again == {2}  # its reload waited for the whole save
     else:
         assert first == again == {1, 2}  # torn, and cached: served until the TTL ends
+
+
+def test_the_count_waits_for_a_reload_still_in_flight(wiring: Wiring) -> None:
+    """A reload that has started but not yet called the loader (it waits for the read lock) is not in the counter
+    yet: counting at once would miss it; the app counts once no reload is in flight."""
+    store = ConfigStore(wiring.engine, wiring.table("config"))
+    store.seed()
+    admin, admin_locks = config_cache(wiring, store)
+    late, late_locks = config_cache(wiring, store)  # a service process with nothing cached
+    got: list[set[int]] = []
+    reader = threading.Thread(target=lambda: got.append(versions(late.get(CONFIG_KEY))))
+    try:
+        with admin.write_lock(CONFIG_KEY):  # the admin is saving version 2
+            store.save(2, pause_s=0)
+            reader.start()
+            deadline = time.monotonic() + 5
+            while not wiring.redis.exists(reload_lock_key(wiring)):  # the reader's reload has started
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            assert loads(wiring) == 0  # ... and is not counted yet: it waits for the read lock
+            assert settled_loads(wiring, timeout_s=0.2) is None  # in flight: no count yet
+        reader.join(10)
+        assert got == [{2}]
+        assert settled_loads(wiring, timeout_s=5) == 1
+    finally:
+        for closer in (late.close, admin.close, late_locks.close, admin_locks.close):
+            closer()

@@ -4,12 +4,17 @@ compensated exactly once)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +30,7 @@ from examples.order_flow.flow import ID_LEASE_TTL_S, PARTITIONS, Fault, OrderSer
 from examples.order_flow.services import Ledger
 
 pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -226,6 +232,36 @@ def test_service_crash_between_steps_is_rolled_back_by_its_successor(shop: Shop)
     assert shop.users.changes(order_id) == [-1200, 1200] and shop.goods.changes(order_id) == [-1, 1]
     assert shop.users.amounts() == {"carol": 5000} and shop.goods.amounts() == {"tea": 5}
     assert shop.read_all().seen == Counter()
+
+
+def test_service_killed_after_the_kafka_commit_completes_the_order_on_recovery(shop: Shop, pg_schema: str) -> None:
+    """The dual-write gap: the order service is SIGKILLed right after commit_transaction() returned, before the
+    saga log recorded the commit step. The successor must not refund an order whose event consumers can see."""
+    shop.users.open_accounts({"carol": 5000})
+    shop.goods.open_accounts({"tea": 5})
+    env = {**os.environ, "PGOPTIONS": f"-csearch_path={pg_schema}", "PYTHONPATH": str(ROOT)}
+    child = subprocess.run([sys.executable, "-m", "tests.examples._order_flow_child", shop.wiring.namespace],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=40)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert shop.users.amounts() == {"carol": 3800} and shop.goods.amounts() == {"tea": 4}
+    visible = shop.read_all().seen
+    assert len(visible) == 1 and set(visible.values()) == {1}  # the event is out; the saga log says RUNNING
+    (order_id,) = visible
+    successor = shop.service()  # fences the dead service's transactional ids
+    try:
+        assert successor.status(order_id) is SagaStatus.RUNNING
+        deadline, recovered = time.monotonic() + 15, []
+        while not recovered and time.monotonic() < deadline:
+            recovered = successor.recover()  # empty until the dead service's lease has run out
+            time.sleep(0.05)
+        status = successor.status(order_id)
+    finally:
+        successor.close()
+    assert [(o.order_id, o.status) for o in recovered] == [(order_id, SagaStatus.COMPLETED)], recovered
+    assert status is SagaStatus.COMPLETED
+    assert shop.users.changes(order_id) == [-1200] and shop.goods.changes(order_id) == [-1]  # no refund, no restock
+    assert shop.users.amounts() == {"carol": 3800} and shop.goods.amounts() == {"tea": 4}
+    assert shop.read_all().seen == Counter([order_id])  # still exactly once
 
 
 @pytest.mark.parametrize(("qty", "amount"), [(-3, -1200), (1, -1200), (-1, 1200), (0, 1200), (1, 0)])
