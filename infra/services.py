@@ -36,6 +36,7 @@ from distkit.testing.services import (  # noqa: E402, F401  (the names tests and
     ALL,
     KAFKA_START_TIMEOUT_S,
     SetupError,
+    apt_install,
     free_cluster_ports,
     free_port,
     kafka_properties,
