@@ -56,3 +56,29 @@ def test_a_closed_producer_still_commits_and_its_thread_still_ends(kafka_bootstr
     producer.close()
     broker.close()
     assert _gone_within(lambda: _txn_threads(tid) == [], 5.0)
+
+
+def test_replaced_producers_end_their_threads_too(kafka_bootstrap, new_topic):
+    """A producer replaced under its id -- fenced by a new instance (``new_transactional_producer``), or found
+    broken and re-made by ``transactional_producer`` -- used to drop out of the broker's books still running its
+    helper thread, which ``broker.close()`` then never stopped (a service that replaces producers leaked one
+    thread per replacement)."""
+    from distkit.errors import ProducerFencedError
+
+    topic = new_topic()
+    broker = KafkaBroker(kafka_bootstrap)
+    tid = uid("txn")
+    zombie = broker.transactional_producer(tid)
+    with zombie as tx:
+        tx.send(topic, {"n": 1})
+    successor = broker.new_transactional_producer(tid)  # fences the zombie; the caller may still hold it
+    try:
+        with zombie as tx:
+            tx.send(topic, {"n": 2})
+    except ProducerFencedError:
+        pass
+    assert not zombie.usable
+    again = broker.transactional_producer(tid)  # the successor is usable: the same object back
+    assert again is successor
+    broker.close()
+    assert _gone_within(lambda: _txn_threads(tid) == [], 5.0), _txn_threads(tid)

@@ -54,6 +54,7 @@ class KafkaBroker:
         self._known_topics: set[str] = set()
         self._producers: dict[str, KafkaTransactionalProducer] = {}
         self._initialising: dict[str, KafkaTransactionalProducer] = {}  # init_transactions timed out: resume it
+        self._replaced: list[KafkaTransactionalProducer] = []  # older instances still usable: closed with the broker
         self._lock = threading.Lock()
 
     @classmethod
@@ -142,7 +143,13 @@ class KafkaBroker:
             if producer.usable:
                 self._initialising[transactional_id] = producer
             raise
+        old = self._producers.get(transactional_id)
         self._producers[transactional_id] = producer
+        if old is not None and old is not producer:
+            if old.usable:
+                self._replaced.append(old)  # a zombie the caller may still hold (its commit will be fenced)
+            else:
+                old.close()  # broken or fenced: nothing to flush or abort; this stops its worker thread
         return producer
 
     def producer(self) -> KafkaProducer:
@@ -175,6 +182,7 @@ class KafkaBroker:
 
     def close(self) -> None:
         with self._lock:
-            for p in self._producers.values():
+            for p in [*self._producers.values(), *self._replaced]:
                 p.close()
             self._producers.clear()
+            self._replaced.clear()
