@@ -2,11 +2,9 @@
 every decision returns within the backend's deadline + 250 ms and FAIL_OPEN answers, against a killed Redis and
 against a black-holed one (a TCP listener that accepts and never answers).
 
-The bound comes from ``distkit._redis.Runner`` (deadlines, distkit's own retries, the per-client outage breaker),
-which another change brings; until the Runner enforces deadlines the black-hole case is expected to fail
-(non-strict xfail: it turns into XPASS, and should then lose the marker, once it does). The limiter's own side
-(only outages reach the policy, the policy is cheap, nothing else blocks) is tested without the Runner in
-test_hardening.py.
+The bound comes from ``distkit._redis.Runner`` (deadlines, distkit's own retries, the per-client outage breaker).
+The limiter's own side (only outages reach the policy, the policy is cheap, nothing else blocks) is tested without
+the Runner in test_hardening.py.
 """
 
 from __future__ import annotations
@@ -20,10 +18,6 @@ import pytest
 import redis
 
 from distkit.ratelimit import Rate, RedisBackend, TokenBucket
-
-NEEDS_RUNNER = pytest.mark.xfail(
-    reason="needs the Runner's deadline and outage breaker (distkit._redis, being built in parallel)", strict=False
-)
 
 
 @pytest.fixture
@@ -73,7 +67,6 @@ def _timed_decisions(lim, n: int, budget_s: float) -> list[tuple[float, str]]:
     return out
 
 
-@NEEDS_RUNNER
 def test_a_black_holed_redis_costs_at_most_the_deadline(black_hole):
     client = redis.Redis(host="127.0.0.1", port=black_hole)  # default retries, no socket timeout
     lim = TokenBucket(Rate(10), backend=RedisBackend(client, prefix="bh", timeout_s=0.5), on_backend_error="fail_open")
