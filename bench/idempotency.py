@@ -30,13 +30,13 @@ class _RoundTrips:
         r.execute_command = counted
         lane = store._run.lane
         if lane is not None:
-            roundtrip = lane._roundtrip
+            roundtrip = lane.roundtrip
 
-            def counted_lane(payload: bytes, replies: int) -> list[Any]:
+            def counted_lane(payload: bytes, replies: int, deadline: float, what: str) -> tuple[list[Any], int]:
                 self.n += 1
-                return roundtrip(payload, replies)
+                return roundtrip(payload, replies, deadline, what)
 
-            lane._roundtrip = counted_lane
+            lane.roundtrip = counted_lane
 
     def per_op(self, fn: Callable[[], object], n: int = 2000) -> float:
         before = self.n
