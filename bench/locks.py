@@ -4,6 +4,7 @@
   taken, so a noisy neighbour hurts everyone alike);
 * contended handoff latency: a waiter process is blocked in ``acquire``; the time from the holder's
   ``release()`` call to the waiter's ``acquire()`` returning (``time.monotonic_ns`` is system-wide on Linux).
+  Implementations take turns in blocks of samples, each with its own waiter process.
 
 Run: ``python -m bench locks`` with ``DISTKIT_REDIS_URL`` set.
 """
@@ -118,7 +119,7 @@ def _waiter(impl: str, url: str, namespace: str, go: Any, done: Any, samples: in
     import redis
 
     client = redis.Redis.from_url(url)
-    acquire, release = make_lock(impl, client, namespace, "handoff")
+    acquire, release = make_lock(impl, client, namespace, f"handoff-{impl}")
     for _ in range(samples):
         go.wait()
         go.clear()
@@ -128,29 +129,53 @@ def _waiter(impl: str, url: str, namespace: str, go: Any, done: Any, samples: in
         done.send(acquired)
 
 
-def handoff(impl: str, url: str, namespace: str, samples: int) -> list[float]:
-    """Handoff latencies (seconds) from ``release()`` in this process to ``acquire()`` returning in another."""
-    import redis
+class _Handoff:
+    """One implementation's holder (this process) and waiter (a child process, started once)."""
 
-    ctx = multiprocessing.get_context("spawn")
-    go, (mine, theirs) = ctx.Event(), ctx.Pipe()
-    child = ctx.Process(target=_waiter, args=(impl, url, namespace, go, theirs, samples), daemon=True)
-    client = redis.Redis.from_url(url)
-    acquire, release = make_lock(impl, client, namespace, "handoff")
-    child.start()
-    out = []
-    for i in range(samples):
-        acquire()
-        go.set()
-        time.sleep(0.3 if i == 0 else 0.012)  # let the waiter block (first round: the child is still starting)
-        released = time.monotonic_ns()
-        release()
-        if not mine.poll(30):
-            raise RuntimeError(f"{impl}: the waiter never acquired")
-        out.append((mine.recv() - released) / 1e9)
-    child.join(10)
-    client.close()
-    return out
+    def __init__(self, impl: str, url: str, namespace: str, samples: int) -> None:
+        import redis
+
+        ctx = multiprocessing.get_context("spawn")
+        self.impl, self.left = impl, samples
+        self.go, (self.mine, theirs) = ctx.Event(), ctx.Pipe()
+        self.child = ctx.Process(target=_waiter, args=(impl, url, namespace, self.go, theirs, samples), daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.acquire, self.release = make_lock(impl, self.client, namespace, f"handoff-{impl}")
+        self.latencies: list[float] = []
+        self.child.start()
+
+    def sample(self, n: int) -> None:
+        """``n`` handoffs: hold the lock, let the waiter block on it, time release() -> the waiter's acquire()."""
+        for _ in range(min(n, self.left)):
+            first = not self.latencies
+            self.acquire()
+            self.go.set()
+            time.sleep(0.5 if first else 0.012)  # let the waiter block (first time: the child is still starting)
+            released = time.monotonic_ns()
+            self.release()
+            if not self.mine.poll(30):
+                raise RuntimeError(f"{self.impl}: the waiter never acquired")
+            self.latencies.append((self.mine.recv() - released) / 1e9)
+            self.left -= 1
+
+    def close(self) -> None:
+        self.child.join(10)
+        self.client.close()
+
+
+def handoff(impls: list[str], url: str, namespace: str, block: int = 20) -> dict[str, list[float]]:
+    """Handoff latencies (seconds) from ``release()`` in this process to ``acquire()`` returning in another,
+    per implementation. Blocks of ``block`` samples alternate between the implementations, so the machine's
+    slow and fast phases (large on a small VM) fall on each of them alike."""
+    pairs = [_Handoff(impl, url, namespace, HANDOFF_SAMPLES[impl]) for impl in impls]
+    try:
+        while any(p.left for p in pairs):
+            for p in pairs:
+                p.sample(block)
+    finally:
+        for p in pairs:
+            p.close()
+    return {p.impl: p.latencies for p in pairs}
 
 
 def main() -> None:
@@ -162,8 +187,10 @@ def main() -> None:
     namespace = f"bench-locks-{uuid.uuid4().hex[:6]}"
     rows = uncontended(client, namespace)
     rows += uncontended_async(url, namespace)
+    measured = handoff(["distkit", "python-redis-lock"], url, namespace)  # the close contest: interleaved
+    measured |= handoff(["redis-py", "pottery"], url, namespace, block=10)  # ~0.1 s a sample: polling
     for impl in PEERS:
-        latencies = handoff(impl, url, namespace, HANDOFF_SAMPLES[impl])
+        latencies = measured[impl]
         record_series("locks.handoff", impl, latencies)  # the report's latency CDF (bench/results/)
         p50, p99 = percentiles(latencies)
         rows.append(Row("contended handoff p50", impl, p50, "ms", NOTES[impl]))

@@ -38,6 +38,10 @@ T = TypeVar("T")
 
 ACK_TIMEOUT_S = 2.0  # how long a waiter waits for its SUBSCRIBE to be confirmed before re-checking anyway
 POLL_S = 0.25  # listener read timeout: how often it looks at stop / idle
+# How long the listener lets the waiters it just woke re-check the lock before it reads again. Its own Python
+# would otherwise compete with theirs for the GIL (and a core) exactly when a handoff is under way: measured,
+# that doubled the woken waiter's acquire call. Another channel's message waits at most this long.
+RECHECK_GRACE_S = 0.002
 IO_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -70,6 +74,7 @@ class SubscriptionBook:
     def __init__(self) -> None:
         self.channels: dict[str, _Channel] = {}  # subscribed on the server (with or without waiters)
         self._acks: deque[_Channel] = deque()  # in the order the SUBSCRIBEs went out
+        self.waiting = 0  # waiters registered, over every channel
 
     @property
     def idle(self) -> bool:
@@ -84,6 +89,7 @@ class SubscriptionBook:
             state = self.channels[waiter.channel] = _Channel(new_signal())
             self._acks.append(state)
         state.waiters.append(waiter)
+        self.waiting += 1
         return state.confirmed, new
 
     def leave(self, waiter: Waiter) -> None:
@@ -91,6 +97,7 @@ class SubscriptionBook:
         state = self.channels.get(waiter.channel)
         if state is not None and waiter in state.waiters:
             state.waiters.remove(waiter)
+            self.waiting -= 1
             if not state.waiters:
                 state.unused_since = time.monotonic()
 
@@ -102,11 +109,12 @@ class SubscriptionBook:
             self.channels.pop(ch).confirmed.set()
         return gone
 
-    def dispatch(self, reply: Any) -> None:
-        """Handle one raw pub/sub reply: wake waiters on a message, confirm a subscription."""
+    def dispatch(self, reply: Any) -> list[Waiter]:
+        """Handle one raw pub/sub reply: wake waiters on a message (returned), confirm a subscription."""
         if not isinstance(reply, list | tuple) or len(reply) < 3:
-            return
+            return []
         kind = _text(reply[0])
+        woken: list[Waiter] = []
         if kind == "message":
             state = self.channels.get(_text(reply[1]))
             if state is not None:
@@ -114,9 +122,11 @@ class SubscriptionBook:
                 for waiter in state.waiters:
                     if not payload or payload == waiter.holder:
                         waiter.signal.set()
+                        woken.append(waiter)
         elif kind == "subscribe" and self._acks:
             state = self._acks.popleft()
             state.confirmed.set()
+        return woken
 
     def subscribe_all(self) -> list[str]:
         """A fresh connection: every channel is subscribed in one SUBSCRIBE, so confirmations arrive in this
@@ -165,7 +175,7 @@ class _HubBase:
     @property
     def waiting(self) -> int:
         """How many acquires are blocked on this hub."""
-        return sum(len(state.waiters) for state in self.book.channels.values())
+        return self.book.waiting
 
     def _should_exit(self) -> bool:
         return self._stopped or self.book.idle
@@ -197,6 +207,8 @@ class Hub(_HubBase):
         super().__init__(client, name, linger_s)
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
+        self._rechecking: set[Waiter] = set()  # woken by the listener, not yet back in wait() or gone
+        self._rechecked = threading.Event()  # set when that set empties
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -212,6 +224,8 @@ class Hub(_HubBase):
         try:
             with self._lock:
                 confirmed, new = self.book.join(waiter, threading.Event)
+                if self._rechecking:  # the listener is holding back: it has a confirmation to read
+                    self._rechecked.set()
                 if new and self._pubsub is not None:  # no connection yet: the listener connects, then subscribes
                     self._send("SUBSCRIBE", channel)
                 if self._thread is None:
@@ -226,9 +240,37 @@ class Hub(_HubBase):
     def unsubscribe(self, waiter: Waiter) -> None:
         with self._lock:
             self.book.leave(waiter)
+            # a woken waiter leaving needs nothing more from the listener: it is not woken to read on (waking it
+            # now would only compete with this thread on its way out of acquire)
+            self._rechecking.discard(waiter)
 
     def wait(self, waiter: Waiter, seconds: float) -> None:
+        with self._lock:  # a woken waiter blocking again: the listener must read on for it
+            rechecking = self._rechecking
+            if waiter in rechecking:
+                rechecking.discard(waiter)
+                if not rechecking:
+                    self._rechecked.set()
         waiter.signal.wait(seconds)  # type: ignore[attr-defined]
+
+    def _dispatch(self, reply: Any) -> bool:
+        """Under the lock: wake the waiters a reply concerns; True when that was every blocked acquire, so the
+        listener holds back (:meth:`_hold_back`) until they have re-checked. With others still blocked it reads
+        on at once: their message may be next."""
+        woken = self.book.dispatch(reply)
+        if not woken or len(woken) != self.book.waiting:
+            return False
+        self._rechecked.clear()
+        self._rechecking.update(woken)
+        return True
+
+    def _hold_back(self) -> None:
+        """Let the woken waiters re-check before reading again: at most :data:`RECHECK_GRACE_S`, and no longer
+        than until one of them blocks again or a new waiter joins (the listener has a message or a SUBSCRIBE
+        confirmation to read for them)."""
+        self._rechecked.wait(RECHECK_GRACE_S)
+        with self._lock:
+            self._rechecking.clear()
 
     @staticmethod
     def sleep(seconds: float) -> None:
@@ -270,6 +312,20 @@ class Hub(_HubBase):
                 self._send("SUBSCRIBE", *joined_meanwhile)
         return pubsub
 
+    @staticmethod
+    def _read(pubsub: Any) -> Any:
+        """The next raw reply, or None after :data:`POLL_S` without one. The connection's own ``can_read`` /
+        ``read_response``: ``PubSub.parse_response`` wraps them in a retry call and a health check per reply,
+        which cost a blocked waiter a third of its wake-up; the health check (the client's
+        ``health_check_interval``) runs when the line is idle instead."""
+        conn = pubsub.connection
+        if conn is None:
+            raise RuntimeError("the pub/sub connection was closed")
+        if not conn.can_read(timeout=POLL_S):
+            pubsub.check_health()
+            return None
+        return conn.read_response(disconnect_on_error=False, push_request=True)
+
     def _close_pubsub(self) -> None:
         pubsub = self._detach()
         if pubsub is not None:
@@ -293,7 +349,7 @@ class Hub(_HubBase):
             try:
                 if pubsub is None:
                     pubsub = self._connect()
-                reply = pubsub.parse_response(block=False, timeout=POLL_S)
+                reply = self._read(pubsub)
             except (*IO_ERRORS, RuntimeError) as exc:
                 with self._lock:
                     self._failed(exc)
@@ -303,8 +359,9 @@ class Hub(_HubBase):
             backoff = 0.05
             if reply is not None:
                 with self._lock:
-                    self.book.dispatch(reply)
-                time.sleep(0)  # hand the GIL to a woken waiter now rather than after our next read
+                    hold_back = self._dispatch(reply)
+                if hold_back:
+                    self._hold_back()
 
     def close(self) -> None:
         with self._lock:
