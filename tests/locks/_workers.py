@@ -113,3 +113,34 @@ def take_permits(kind: str, namespace: str, permits: int, out: Any) -> None:
             out.put(("taken", taken, sem.available()))
         except Exception as exc:
             out.put((type(exc).__name__, taken, -1))
+
+
+def count_under_lock_in_threads(kind: str, namespace: str, threads: int, increments: int, start: Any) -> None:
+    """Like :func:`count_under_lock`, from ``threads`` threads sharing one ``Locks`` (one pub/sub hub: one waiter
+    reads the wake-up channel for all the others)."""
+    import threading
+
+    client = make_client(kind)
+    counter = key(namespace, "counter", "value")
+    errors: list[BaseException] = []
+    with Locks(client, namespace=namespace, lease_ms=5_000) as locks:
+        lock = locks.lock("counter")
+
+        def work() -> None:
+            try:
+                for _ in range(increments):
+                    with lock:
+                        value = int(client.get(counter) or 0)
+                        time.sleep(0.0002)
+                        client.set(counter, value + 1, px=60_000)
+            except BaseException as exc:  # reported through the exit code
+                errors.append(exc)
+
+        start.wait()
+        workers = [threading.Thread(target=work) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    if errors:
+        raise errors[0]

@@ -26,7 +26,7 @@ from distkit.locks.specs import (
     NOT_HELD,
     ExclusiveSpec,
 )
-from distkit.locks.waiters import SubscriptionBook
+from distkit.locks.waiters import Hub, SubscriptionBook
 from distkit.locks.watchdog import RenewalPlanner
 
 SPEC = ExclusiveSpec("ns", "name")
@@ -201,7 +201,7 @@ def test_book_confirms_subscriptions_in_send_order_and_resets() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["join", "leave", "sweep"]), st.integers(0, 2), st.integers(0, 3))))
 def test_book_subscription_follows_waiters(ops: list[tuple[str, int, int]]) -> None:
     """Invariants: SUBSCRIBE is sent only for a channel not subscribed yet; a channel with waiters is never
-    dropped; a sweep drops exactly the channels without waiters."""
+    dropped; a sweep drops exactly the channels without waiters; ``waiting`` counts the registered waiters."""
     book = SubscriptionBook()
     present: dict[tuple[int, int], Waiter] = {}
     subscribed: set[str] = set()
@@ -221,6 +221,29 @@ def test_book_subscription_follows_waiters(ops: list[tuple[str, int, int]]) -> N
             subscribed -= dropped
         assert set(book.channels) == subscribed
         assert {f"c{c}" for c, _ in present} <= subscribed
+        assert book.waiting == len(present)
+
+
+def test_the_listener_holds_back_only_while_every_waiter_it_woke_rechecks() -> None:
+    """After waking *every* blocked acquire the listener leaves them the GIL until one blocks again (it must
+    then read on for it); with another waiter still blocked, or once a new one joins, it reads on at once."""
+    hub = Hub(client=None, name="test-hub")
+    a, b = Waiter("x", "a", threading.Event()), Waiter("y", "b", threading.Event())
+    hub.book.join(a, threading.Event)
+    hub.book.join(b, threading.Event)
+    with hub._lock:
+        assert hub._dispatch([b"message", b"x", b""]) is False  # b is still blocked: its message may be next
+    assert a.signal.is_set() and not b.signal.is_set()  # type: ignore[attr-defined]
+    hub.unsubscribe(b)
+    with hub._lock:
+        assert hub._dispatch([b"message", b"x", b""]) is True
+    hub.unsubscribe(a)  # a took the lock and left: nobody needs the listener, it is not woken for that
+    assert not hub._rechecked.is_set() and not hub._rechecking
+    hub.book.join(a, threading.Event)
+    with hub._lock:
+        assert hub._dispatch([b"message", b"x", b""]) is True
+    hub.wait(a, 0.001)  # a lost the race and blocks again: the listener must read on for it
+    assert hub._rechecked.is_set() and not hub._rechecking
 
 
 # ------------------------------------------------------------------ watchdog planning
