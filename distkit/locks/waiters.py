@@ -208,7 +208,7 @@ class Hub(_HubBase):
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._rechecking: set[Waiter] = set()  # woken by the listener, not yet back in wait() or gone
-        self._rechecked = threading.Event()  # set when that set empties
+        self._rechecked = threading.Event()  # ends the listener's hold-back: one of them blocks again, or a new waiter
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -245,12 +245,10 @@ class Hub(_HubBase):
             self._rechecking.discard(waiter)
 
     def wait(self, waiter: Waiter, seconds: float) -> None:
-        with self._lock:  # a woken waiter blocking again: the listener must read on for it
-            rechecking = self._rechecking
-            if waiter in rechecking:
-                rechecking.discard(waiter)
-                if not rechecking:
-                    self._rechecked.set()
+        with self._lock:
+            if waiter in self._rechecking:  # woken, lost the race, blocks again: the listener must read on for it
+                self._rechecking.discard(waiter)
+                self._rechecked.set()
         waiter.signal.wait(seconds)  # type: ignore[attr-defined]
 
     def _dispatch(self, reply: Any) -> bool:
@@ -266,8 +264,8 @@ class Hub(_HubBase):
 
     def _hold_back(self) -> None:
         """Let the woken waiters re-check before reading again: at most :data:`RECHECK_GRACE_S`, and no longer
-        than until one of them blocks again or a new waiter joins (the listener has a message or a SUBSCRIBE
-        confirmation to read for them)."""
+        than until one of them blocks again or a new waiter joins (the listener then has a message or a
+        SUBSCRIBE confirmation to read for it). Those that took the lock and left do not wake it."""
         self._rechecked.wait(RECHECK_GRACE_S)
         with self._lock:
             self._rechecking.clear()

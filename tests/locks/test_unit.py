@@ -244,6 +244,13 @@ def test_the_listener_holds_back_only_while_every_waiter_it_woke_rechecks() -> N
         assert hub._dispatch([b"message", b"x", b""]) is True
     hub.wait(a, 0.001)  # a lost the race and blocks again: the listener must read on for it
     assert hub._rechecked.is_set() and not hub._rechecking
+    c = Waiter("x", "c", threading.Event())
+    hub.book.join(c, threading.Event)
+    hub._rechecked.clear()
+    with hub._lock:
+        assert hub._dispatch([b"message", b"x", b""]) is True  # a and c woken
+    hub.wait(a, 0.001)  # a blocks again while c still re-checks: a needs the listener now, not after c
+    assert hub._rechecked.is_set() and hub._rechecking == {c}
 
 
 # ------------------------------------------------------------------ watchdog planning
