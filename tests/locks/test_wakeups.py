@@ -151,3 +151,35 @@ def test_many_threads_of_two_processes_take_turns_exactly(backend: str, client: 
         p.join(120)
         assert p.exitcode == 0
     assert int(client.get(key(namespace, "counter", "value"))) == 320
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+def test_the_clients_health_check_interval_is_honoured_on_the_wake_up_connection(
+    redis_url: str, client: Any, namespace: str
+) -> None:
+    """The listener reads with the connection's own calls (not ``PubSub.parse_response``), and still PINGs an
+    idle wake-up connection as often as the client's ``health_check_interval`` asks."""
+    import redis
+
+    checked = redis.Redis.from_url(redis_url, health_check_interval=0.2)
+    try:
+        with Locks(client, namespace=namespace) as theirs, Locks(checked, namespace=namespace) as mine:
+            held = theirs.lock("x")
+            assert held.acquire(lease_s=LONG_LEASE_S)
+            blocked = blocked_on(mine, "x")
+            waiting = Waiting(mine.lock("x"), timeout=15)
+            assert blocked.wait(5)
+            port = mine.hub._pubsub.connection._sock.getsockname()[1]
+
+            def last_command() -> str:
+                for c in client.client_list(_type="pubsub"):
+                    if c["addr"] == f"127.0.0.1:{port}":
+                        return str(c["cmd"])
+                return ""
+
+            assert last_command() == "subscribe"
+            poll(lambda: last_command() == "ping", timeout=5)
+            held.release()
+            assert waiting.join(10) is True
+    finally:
+        checked.close()
