@@ -19,7 +19,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from distkit._redis import AsyncRunner
@@ -56,6 +56,7 @@ class AsyncHotKeyCache:
         self.client = redis_client
         self.runner = AsyncRunner(redis_client, timeout_s=self._core.redis_timeout_s)
         self._flights: dict[str, asyncio.Future[Entry | None]] = {}
+        self._reads: dict[tuple[str, int], asyncio.Task[Entry | None]] = {}  # L2 reads under way (_shared_read)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._detached: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
@@ -185,7 +186,7 @@ class AsyncHotKeyCache:
         await self._ensure_listener()
         data_key, _ = core._keys(key)
         version = self.local.version
-        entry = await self._read(data_key)
+        entry = await self._shared_read(data_key, version)
         now = core.clock()
         if entry is not None and entry.fresh(now):
             core.stats.add("l2_hits")
@@ -210,6 +211,23 @@ class AsyncHotKeyCache:
             return await asyncio.to_thread(fn, key)
 
         return run_sync
+
+    def _shared_read(self, data_key: str, version: int) -> Awaitable[Entry | None]:
+        """The L2 entry, one read at a time per key in this process: concurrent gets of a hot key share it (100
+        tasks asking at once would else take 100 connections of the client's pool, whose default redis-py
+        limit is 100). Keyed by the L1 version as well, so a get that starts after a write or an invalidation in
+        this process never joins a read that began before it. The read runs as a task of its own, so a caller
+        cancelled or timing out leaves it to the others."""
+        slot = (data_key, version)
+        shared = self._reads.get(slot)
+        if shared is None:
+            shared = self._reads[slot] = self._spawn(self._read(data_key))
+            shared.add_done_callback(functools.partial(self._read_done, slot))
+        return asyncio.shield(shared)
+
+    def _read_done(self, slot: tuple[str, int], task: asyncio.Task[Entry | None]) -> None:
+        if self._reads.get(slot) is task:
+            del self._reads[slot]
 
     async def _read(self, data_key: str) -> Entry | None:
         try:

@@ -304,3 +304,54 @@ async def test_background_reload_failing_after_the_soft_timeout_is_reported(amak
         assert time.monotonic() < deadline, "the background failure was not reported"
         await asyncio.sleep(0.02)
     assert await cache.get("k") == "v"  # still the stale value (inside stale_for_s)
+
+
+async def test_200_concurrent_gets_of_a_hot_key_share_one_read_within_a_small_pool(redis_url: str,
+                                                                                   namespace: str) -> None:
+    """200 tasks missing the L1 at once make one L2 read, not 200: with the client's pool capped at 4 (a plain,
+    non-blocking pool raises MaxConnectionsError past it), each of them gets the value."""
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(redis_url, max_connections=4)
+    loads: list[str] = []
+
+    async def loader(key: str) -> str:
+        loads.append(key)
+        return "v"
+
+    writer = AsyncHotKeyCache(client, namespace=namespace, loader=loader, ttl_s=60, backplane=False)
+    reader = AsyncHotKeyCache(client, namespace=namespace, loader=loader, ttl_s=60, backplane=False)
+    try:
+        await writer.set("hot", "v")
+        results = await asyncio.gather(*(reader.get("hot") for _ in range(200)), return_exceptions=True)
+        assert results == ["v"] * 200 and loads == []
+        assert reader.stats.as_dict()["l2_hits"] == 200
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+        await client.aclose()
+
+
+async def test_a_get_after_a_write_never_joins_a_read_that_began_before_it(amake: Any) -> None:
+    cache = amake(loader=lambda key: "loaded", ttl_s=60, backplane=False)
+    await cache.set("k", "old")
+    cache.local.clear()
+    gate = asyncio.Event()
+    read, calls = cache._read, []
+
+    async def held_read(data_key: str) -> Any:  # the first read gets "old" from Redis, then is held at the gate
+        calls.append(data_key)
+        entry = await read(data_key)
+        if len(calls) == 1:
+            await gate.wait()
+        return entry
+
+    cache._read = held_read
+    first = asyncio.ensure_future(cache.get("k"))
+    while not calls:
+        await asyncio.sleep(0.001)
+    await cache.set("k", "new")  # a write in this process while that read is under way
+    cache.local.clear()  # and an empty L1: the next get reads L2
+    assert await asyncio.wait_for(cache.get("k"), 2) == "new"  # its own read, not the held one
+    gate.set()
+    assert await first == "old" and len(calls) == 2
