@@ -159,6 +159,17 @@ class _Flight:
         self.done.set()
 
 
+class _Read:
+    """One L2 read of one key under way in this process: threads that miss the L1 meanwhile wait for it."""
+
+    __slots__ = ("done", "entry", "ok")
+
+    def __init__(self) -> None:
+        self.done: threading.Event | None = None  # made by the first follower (under the flights lock)
+        self.entry: Entry | None = None
+        self.ok = False
+
+
 def _seconds(what: str, value: Any, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (positive and value == 0):
         need = "> 0" if positive else ">= 0"
@@ -264,6 +275,7 @@ class HotKeyCache:
         self.runner = Runner(self.client, timeout_s=self.redis_timeout_s)
         self.local = LocalCache(self._max_local, round(self.local_ttl_s * 1000))
         self._flights: dict[str, _Flight] = {}
+        self._reads: dict[tuple[str, int], _Read] = {}  # L2 reads under way (_shared_read)
         self._flights_lock = threading.Lock()
         self._next_draw: dict[str, int] = {}
         self._wakeups: dict[str, threading.Event] = {}
@@ -369,7 +381,7 @@ class HotKeyCache:
         self._check()
         data_key, _ = self._keys(key)
         version = self.local.version
-        entry = self._read(data_key)
+        entry = self._shared_read(data_key, version)
         now = self.clock()
         if entry is not None and entry.fresh(now):
             self.stats.add("l2_hits")
@@ -382,6 +394,38 @@ class HotKeyCache:
             stale = hit
         self.stats.add("misses")
         return self._reload(key, self._load_fn(key, loader), stale if stale and stale.usable(now) else None)
+
+    def _shared_read(self, data_key: str, version: int) -> Entry | None:
+        """The L2 entry, one read at a time per key in this process: threads missing the L1 together share it
+        (as many threads as the client's pool has connections, 100 by default in redis-py, would else exhaust
+        it). Keyed by the L1 version as well, so a get that starts after a write or an invalidation in this
+        process never joins a read that began before it. A follower whose leader failed reads for itself."""
+        slot = (data_key, version)
+        with self._flights_lock:
+            shared = self._reads.get(slot)
+            if shared is None:
+                shared = self._reads[slot] = _Read()
+                leader = True
+            else:
+                leader = False
+                if shared.done is None:
+                    shared.done = threading.Event()
+                done = shared.done
+        if not leader:
+            if done.wait(self.redis_timeout_s + 1.0) and shared.ok:  # the leader's read has that deadline
+                return shared.entry
+            return self._read(data_key)
+        try:
+            shared.entry = self._read(data_key)
+            shared.ok = True
+            return shared.entry
+        finally:
+            with self._flights_lock:
+                if self._reads.get(slot) is shared:
+                    del self._reads[slot]
+                followers = shared.done
+            if followers is not None:
+                followers.set()
 
     def _read(self, data_key: str) -> Entry | None:
         try:

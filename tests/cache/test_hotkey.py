@@ -393,3 +393,66 @@ def test_locks_of_the_other_kind_are_refused_not_silently_skipped() -> None:
         AsyncHotKeyCache(fakeredis.FakeAsyncRedis(), locks=locks)
     HotKeyCache(fakeredis.FakeRedis(), loader=lambda key: 1, locks=locks).close()
     locks.close()
+
+
+def test_32_threads_missing_the_l1_together_share_one_read_within_a_small_pool(make_cache: Any, redis_url: str) -> None:
+    """32 threads asking for a hot key at once make one L2 read: with the client's pool capped at 4 (redis-py
+    raises MaxConnectionsError past it), each of them gets the value and none runs the loader."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, max_connections=4)
+    loads: list[str] = []
+    writer = make_cache(client, loader=loads.append, ttl_s=60, backplane=False)
+    writer.set("hot", "v")
+    results: list[Any] = []
+    for _ in range(5):  # five bursts, each on a fresh reader with an empty L1
+        reader = make_cache(client, loader=loads.append, ttl_s=60, backplane=False)
+        start = threading.Barrier(32)
+
+        def get(cache: HotKeyCache = reader, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                results.append(cache.get("hot"))
+            except Exception as exc:  # counted below
+                results.append(repr(exc))
+
+        threads = [threading.Thread(target=get) for _ in range(32)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert results == ["v"] * 160 and loads == []
+    client.close()
+
+
+def test_a_get_after_a_write_never_joins_a_read_that_began_before_it_sync(make_cache: Any) -> None:
+    # redis_timeout_s=5: a get that wrongly joined the held read would wait for it 6 s before reading itself
+    cache = make_cache(loader=lambda key: "loaded", ttl_s=60, backplane=False, redis_timeout_s=5)
+    cache.set("k", "old")
+    cache.local.clear()
+    gate, began = threading.Event(), threading.Event()
+    read, calls = cache._read, []
+
+    def held_read(data_key: str) -> Any:  # the first read gets "old" from Redis, then is held at the gate
+        calls.append(data_key)
+        entry = read(data_key)
+        if len(calls) == 1:
+            began.set()
+            gate.wait(10)
+        return entry
+
+    cache._read = held_read
+    first: list[Any] = []
+    a = threading.Thread(target=lambda: first.append(cache.get("k")))
+    a.start()
+    assert began.wait(5)
+    cache.set("k", "new")  # a write in this process while that read is under way
+    cache.local.clear()  # and an empty L1: the next get reads L2
+    second: list[Any] = []
+    b = threading.Thread(target=lambda: second.append(cache.get("k")))
+    b.start()
+    b.join(2)  # its own read: done at once, not after the held one (the gate opens only below)
+    assert second == ["new"]
+    gate.set()
+    a.join(5)
+    assert first == ["old"] and len(calls) == 2
