@@ -66,15 +66,32 @@ class Waiting:
         return self.result
 
 
+def blocked_pair(mine: Locks, theirs: Locks, x_timeout: float) -> tuple[Any, Any, Waiting, Waiting]:
+    """``theirs`` holds x and y (long leases); a waiter of ``mine`` is blocked on each: (x, y, on_x, on_y)."""
+    x, y = theirs.lock("x"), theirs.lock("y")
+    assert x.acquire(lease_s=LONG_LEASE_S) and y.acquire(lease_s=LONG_LEASE_S)
+    x_blocked, y_blocked = blocked_on(mine, "x"), blocked_on(mine, "y")
+    on_x = Waiting(mine.lock("x"), timeout=x_timeout)
+    assert x_blocked.wait(5)
+    on_y = Waiting(mine.lock("y"), timeout=8)
+    assert y_blocked.wait(5)
+    return x, y, on_x, on_y
+
+
+def blocked_one(mine: Locks, theirs: Locks) -> tuple[Any, Waiting, int]:
+    """``theirs`` holds x; a waiter of ``mine`` is blocked on it: (x, the waiter, the local port of ``mine``'s
+    wake-up connection)."""
+    held = theirs.lock("x")
+    assert held.acquire(lease_s=LONG_LEASE_S)
+    blocked = blocked_on(mine, "x")
+    waiting = Waiting(mine.lock("x"), timeout=15)
+    assert blocked.wait(5)
+    return held, waiting, mine.hub._pubsub.connection._sock.getsockname()[1]
+
+
 def test_a_release_wakes_its_waiter_while_a_waiter_of_another_lock_stays_blocked(client: Any, namespace: str) -> None:
     with Locks(client, namespace=namespace) as mine, Locks(client, namespace=namespace) as theirs:
-        x, y = theirs.lock("x"), theirs.lock("y")
-        assert x.acquire(lease_s=LONG_LEASE_S) and y.acquire(lease_s=LONG_LEASE_S)
-        x_blocked, y_blocked = blocked_on(mine, "x"), blocked_on(mine, "y")
-        on_x = Waiting(mine.lock("x"), timeout=8)
-        assert x_blocked.wait(5)
-        on_y = Waiting(mine.lock("y"), timeout=8)
-        assert y_blocked.wait(5)
+        x, y, on_x, on_y = blocked_pair(mine, theirs, x_timeout=8)
         y.release()
         assert on_y.join() is True, "y's release woke y's waiter"
         assert on_x.thread.is_alive() and on_x.result is None
@@ -84,13 +101,7 @@ def test_a_release_wakes_its_waiter_while_a_waiter_of_another_lock_stays_blocked
 
 def test_a_waiter_giving_up_strands_no_other_waiter(client: Any, namespace: str) -> None:
     with Locks(client, namespace=namespace) as mine, Locks(client, namespace=namespace) as theirs:
-        x, y = theirs.lock("x"), theirs.lock("y")
-        assert x.acquire(lease_s=LONG_LEASE_S) and y.acquire(lease_s=LONG_LEASE_S)
-        x_blocked, y_blocked = blocked_on(mine, "x"), blocked_on(mine, "y")
-        on_x = Waiting(mine.lock("x"), timeout=1.0)
-        assert x_blocked.wait(5)
-        on_y = Waiting(mine.lock("y"), timeout=8)
-        assert y_blocked.wait(5)
+        x, y, on_x, on_y = blocked_pair(mine, theirs, x_timeout=1.0)
         assert on_x.join(8) is False  # gave up, and left its channel
         y.release()
         assert on_y.join() is True
@@ -100,12 +111,7 @@ def test_a_waiter_giving_up_strands_no_other_waiter(client: Any, namespace: str)
 @pytest.mark.parametrize("backend", ["redis"])
 def test_a_killed_pubsub_connection_is_replaced_under_a_blocked_waiter(client: Any, namespace: str) -> None:
     with Locks(client, namespace=namespace) as mine, Locks(client, namespace=namespace) as theirs:
-        held = theirs.lock("x")
-        assert held.acquire(lease_s=LONG_LEASE_S)
-        blocked = blocked_on(mine, "x")
-        waiting = Waiting(mine.lock("x"), timeout=15)
-        assert blocked.wait(5)
-        port = mine.hub._pubsub.connection._sock.getsockname()[1]
+        held, waiting, port = blocked_one(mine, theirs)
         assert client.client_kill(f"127.0.0.1:{port}")
         poll(lambda: mine.hub._pubsub is not None and mine.hub._pubsub.connection._sock.getsockname()[1] != port)
         poll(lambda: client.pubsub_numsub(mine.lock("x")._spec.channel)[0][1] == 1)
@@ -164,12 +170,7 @@ def test_the_clients_health_check_interval_is_honoured_on_the_wake_up_connection
     checked = redis.Redis.from_url(redis_url, health_check_interval=0.2)
     try:
         with Locks(client, namespace=namespace) as theirs, Locks(checked, namespace=namespace) as mine:
-            held = theirs.lock("x")
-            assert held.acquire(lease_s=LONG_LEASE_S)
-            blocked = blocked_on(mine, "x")
-            waiting = Waiting(mine.lock("x"), timeout=15)
-            assert blocked.wait(5)
-            port = mine.hub._pubsub.connection._sock.getsockname()[1]
+            held, waiting, port = blocked_one(mine, theirs)
 
             def last_command() -> str:
                 for c in client.client_list(_type="pubsub"):
