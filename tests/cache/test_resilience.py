@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from typing import Any
 
+import pytest
+
 from distkit.cache import HotKeyCache
+from tests import faults
 
 ctx = multiprocessing.get_context("fork")
 
@@ -116,3 +121,73 @@ def test_works_on_redis_cluster(redis_cluster: Any, namespace: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+redis_proxy = faults.redis_proxy  # the fixture
+
+
+@pytest.mark.parametrize("flavour", ["threads", "tasks"])
+def test_16_callers_sharing_a_read_of_a_silent_server_all_answer_in_bounded_time(redis_proxy: Any, namespace: str,
+                                                                                 flavour: str) -> None:
+    """Redis stops answering mid-traffic (black-holed): 16 callers that miss the L1 together share one read.
+    Each of them still answers (the loader's value, fail-safe) within the read's deadline and the reload's
+    bounds; none waits on the shared read for longer than it takes to fail."""
+    import redis
+    import redis.asyncio as aredis
+
+    from distkit.cache import AsyncHotKeyCache
+
+    loads: list[str] = []
+
+    def loader(key: str) -> str:
+        loads.append(key)
+        return "fallback"
+
+    outcomes: list[Any] = []
+    took: list[float] = []
+    if flavour == "threads":
+        client = redis.Redis.from_url(redis_proxy.url, socket_timeout=5)
+        cache = HotKeyCache(client, namespace=namespace, loader=loader, redis_timeout_s=0.3, backplane=False)
+        cache.get("warm")  # connections made before the hole
+        redis_proxy.black_hole = True
+        start = threading.Barrier(16)
+
+        def get() -> None:
+            start.wait()
+            t0 = time.monotonic()
+            try:
+                outcomes.append(cache.get("hot"))
+            except Exception as exc:
+                outcomes.append(type(exc).__name__)
+            took.append(time.monotonic() - t0)
+
+        threads = [threading.Thread(target=get) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        cache.close()
+    else:
+
+        async def run() -> None:
+            client = aredis.Redis.from_url(redis_proxy.url, socket_timeout=5)
+            cache = AsyncHotKeyCache(client, namespace=namespace, loader=loader, redis_timeout_s=0.3,
+                                     backplane=False)
+            await cache.get("warm")
+            redis_proxy.black_hole = True
+
+            async def get() -> None:
+                t0 = time.monotonic()
+                try:
+                    outcomes.append(await cache.get("hot"))
+                except Exception as exc:
+                    outcomes.append(type(exc).__name__)
+                took.append(time.monotonic() - t0)
+
+            await asyncio.gather(*(get() for _ in range(16)))
+            await cache.aclose()
+            await client.aclose()
+
+        asyncio.run(run())
+    assert outcomes == ["fallback"] * 16, outcomes  # the loader's value, fail-safe
+    assert max(took) < 5.0, took
